@@ -1,0 +1,79 @@
+"""Building observation messages and running them through the replay path in unit tests."""
+
+from __future__ import annotations
+
+import itertools
+
+from snews_tasks.coincidence import LIVE, TEST
+from snews_tasks.messages import Message, Tier, format_time_ns, parse_time_ns
+from snews_tasks.processing import Processor
+from snews_tasks.replay import Replayer
+from snews_tasks.settings import Settings
+
+T0 = parse_time_ns("2026-11-21T12:30:00Z", "neutrino_time_utc")
+S = 1_000_000_000
+_uuids = itertools.count(1)
+
+
+def fresh_uuid() -> str:
+    return f"00000000-0000-4000-8000-{next(_uuids):012d}"
+
+
+def observation(detector: str, seconds: float, *, p_val: float | None = 0.01,
+                uuid: str | None = None, is_test: bool = False, ns: int = 0) -> Message:
+    t = T0 + round(seconds * S) + ns
+    return Message(
+        tier=Tier.COINCIDENCE, uuid=uuid or fresh_uuid(), detector_name=detector,
+        is_test=is_test, is_firedrill=False, is_pre_sn=False,
+        neutrino_time_ns=t, neutrino_time_utc=format_time_ns(t), p_val=p_val,
+    )
+
+
+def retraction(detector: str, *, target: str | None = None, latest_n: int = 0,
+               is_test: bool = False) -> Message:
+    return Message(
+        tier=Tier.RETRACTION, uuid=fresh_uuid(), detector_name=detector, is_test=is_test,
+        is_firedrill=False, is_pre_sn=False, retract_message_uuid=target,
+        retract_latest_n=latest_n, retraction_reason="unit test",
+    )
+
+
+def heartbeat(detector: str, seconds: float, status: str = "ON") -> Message:
+    return Message(
+        tier=Tier.HEARTBEAT, uuid=fresh_uuid(), detector_name=detector, is_test=False,
+        is_firedrill=False, is_pre_sn=False, detector_status=status,
+        machine_time_utc=format_time_ns(T0 + round(seconds * S)),
+    )
+
+
+def settings(**overrides) -> Settings:
+    return Settings(mode="local", server_tag="unit", **overrides)
+
+
+class Run:
+    """A replay of messages, keeping every alert for assertions."""
+
+    def __init__(self, **overrides) -> None:
+        self.replayer = Replayer(Processor(settings(**overrides)))
+        self.alerts: list[dict] = []
+
+    def send(self, *messages: Message) -> list[dict]:
+        new: list[dict] = []
+        for m in messages:
+            new += self.replayer.feed(m)
+        self.alerts += new
+        return new
+
+    def member_sets(self, namespace: str = LIVE) -> set[frozenset[str]]:
+        return {c.uuids for c in self.replayer.store.coincidences(namespace)}
+
+    def detector_sets(self, namespace: str = LIVE) -> list[list[str]]:
+        return [[m.detector for m in c.members]
+                for c in self.replayer.store.coincidences(namespace)]
+
+    def cached(self, namespace: str = LIVE):
+        return self.replayer.store.observations(namespace)
+
+
+__all__ = ["LIVE", "TEST", "S", "T0", "Run", "observation", "retraction", "heartbeat",
+           "settings", "fresh_uuid"]
