@@ -1,0 +1,363 @@
+import json
+import pickle
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hop.models import Blob, JSONBlob
+from hypothesis import given
+from hypothesis import strategies as st
+from payloads import (
+    DETECTORS,
+    NANOS,
+    coincidence_model,
+    published_blobs,
+    recent_time_utc,
+    tier_models,
+)
+
+from snews_tasks.messages import (
+    Message,
+    MessageError,
+    Tier,
+    check_freshness,
+    decode_payload,
+    format_time_ns,
+    parse_message,
+    parse_time_ns,
+)
+
+LIMIT = 65536
+NOON_NS = int(datetime(2026, 11, 21, 12, 30, tzinfo=UTC).timestamp()) * 10**9
+HOUR_NS = 3600 * 10**9
+DELETE = object()
+
+COINCIDENCE = {
+    "tier": "CoincidenceTier",
+    "uuid": "3f0c1a52-0d55-4c0e-9d38-7c6a1e2b9a10",
+    "detector_name": "Super-K",
+    "neutrino_time_utc": "2026-11-21T12:30:00.123456789Z",
+    "p_val": 0.01,
+}
+BASES = {
+    Tier.COINCIDENCE: COINCIDENCE,
+    Tier.HEARTBEAT: {**COINCIDENCE, "tier": "Heartbeat", "neutrino_time_utc": DELETE, "p_val": DELETE,
+                     "detector_status": "ON"},
+    Tier.RETRACTION: {**COINCIDENCE, "tier": "Retraction", "neutrino_time_utc": DELETE, "p_val": DELETE,
+                      "retract_latest_n": 1},
+    Tier.SIGNIFICANCE: {**COINCIDENCE, "tier": "SignificanceTier", "p_values": [0.5, 0.01],
+                        "t_bin_width_sec": 0.25},
+    Tier.TIMING: {**COINCIDENCE, "tier": "TimingTier", "start_time_utc": "2026-11-21T12:29:59Z",
+                  "timing_series": [0, 15, 210]},
+}
+
+
+def _message_data(base: Tier, /, **changes: object) -> dict:
+    data = {**BASES[base], **changes}
+    return {key: value for key, value in data.items() if value is not DELETE}
+
+
+def _parse(data: object) -> Message:
+    return parse_message(decode_payload(data, max_bytes=LIMIT), detectors=DETECTORS)
+
+
+# --- real snews-pt / snews-data-formats payloads ----------------------------------------
+
+EXPECTED_TIER_FIELDS = {
+    Tier.COINCIDENCE: {"p_val": 0.07},
+    Tier.SIGNIFICANCE: {"p_values": (0.5, 0.01), "t_bin_width_sec": 0.25},
+    Tier.TIMING: {"timing_series": (0, 15, 210), "background_rate_Hz": 3.5,
+                  "detection_channel": "Electron Antineutrino"},
+    Tier.HEARTBEAT: {"detector_status": "ON"},
+    Tier.RETRACTION: {"retract_latest_n": 1, "retraction_reason": "noise burst"},
+}
+
+
+@pytest.mark.parametrize("tier", list(Tier))
+def test_every_tier_parses_alike_from_dict_json_and_pickle(tier: Tier) -> None:
+    model = tier_models()[tier]
+    from_pickle = _parse(Blob(pickle.dumps(model)))
+    assert _parse(model.model_dump()) == from_pickle
+    assert _parse(model.model_dump_json().encode()) == from_pickle
+    assert _parse(model.model_dump_json()) == from_pickle
+    assert _parse(JSONBlob(model.model_dump(mode="json"))) == from_pickle
+    assert (from_pickle.tier, from_pickle.uuid, from_pickle.detector_name) == (tier, model.uuid, "Super-K")
+    assert from_pickle.meta == {"run": 7}
+    assert from_pickle.machine_time_utc == model.machine_time_utc
+    for name, expected in EXPECTED_TIER_FIELDS[tier].items():
+        assert getattr(from_pickle, name) == expected, name
+
+
+@pytest.mark.parametrize("tier", list(Tier))
+def test_to_dict_is_json_safe_and_parses_back_to_the_same_message(tier: Tier) -> None:
+    message = _parse(pickle.dumps(tier_models()[tier]))
+    as_dict = message.to_dict()
+    assert json.loads(json.dumps(as_dict, allow_nan=False)) == as_dict
+    assert as_dict["tier"] == tier.value
+    assert parse_message(as_dict, detectors=DETECTORS) == message
+
+
+@pytest.mark.parametrize("tier", [Tier.COINCIDENCE, Tier.TIMING])
+def test_neutrino_time_keeps_every_nanosecond(tier: Tier) -> None:
+    model = tier_models()[tier]
+    for message in (_parse(pickle.dumps(model)), _parse(model.model_dump_json())):
+        assert message.neutrino_time_utc == model.neutrino_time_utc
+        assert message.neutrino_time_ns % 10**9 == int(NANOS)
+        assert format_time_ns(message.neutrino_time_ns) == model.neutrino_time_utc
+        whole_seconds = datetime.fromisoformat(model.neutrino_time_utc[:19]).replace(tzinfo=UTC)
+        assert message.neutrino_time_ns // 10**9 == int(whole_seconds.timestamp())
+
+
+def test_blobs_written_by_the_snews_pt_publisher_parse() -> None:
+    neutrino_time = recent_time_utc()
+    blobs = published_blobs(
+        {"detector_name": "IceCube", "neutrino_time_utc": neutrino_time, "p_val": 0.3, "is_test": "True"}
+    )
+    messages = [_parse(blob) for blob in blobs]
+    assert [(m.tier, m.detector_name, m.neutrino_time_utc, m.is_test) for m in messages] == [
+        (Tier.COINCIDENCE, "IceCube", neutrino_time, True)
+    ]
+    assert messages[0].sent_time_utc is not None
+
+
+# --- accepted variations -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("True", True), ("false", False), (True, True), (None, False)]
+)
+def test_flags_accept_booleans_and_their_spelled_out_strings(text: object, expected: bool) -> None:
+    message = parse_message(_message_data(Tier.COINCIDENCE, is_test=text), detectors=DETECTORS)
+    assert message.is_test is expected
+
+
+def test_fields_foreign_to_the_tier_are_kept_in_meta() -> None:
+    data = _message_data(
+        Tier.HEARTBEAT, meta={"run": 7}, shift="night", neutrino_time_utc="2026-11-21T12:30:00Z"
+    )
+    message = parse_message(data, detectors=DETECTORS)
+    assert message.neutrino_time_utc is None
+    assert message.meta == {"run": 7, "shift": "night", "neutrino_time_utc": "2026-11-21T12:30:00Z"}
+    assert parse_message(message.to_dict(), detectors=DETECTORS) == message
+
+
+def test_times_are_normalised_to_nine_digits_and_utc() -> None:
+    data = _message_data(Tier.COINCIDENCE, neutrino_time_utc="2026-11-21 14:30:00.5+02:00")
+    message = parse_message(data, detectors=DETECTORS)
+    assert message.neutrino_time_utc == "2026-11-21T12:30:00.500000000Z"
+    assert message.neutrino_time_ns == NOON_NS + 500_000_000
+
+
+# --- rejected messages -----------------------------------------------------------------------
+
+NOT_ISO = "must be an ISO 8601 time string"
+BAD_MESSAGES = [
+    (Tier.COINCIDENCE, {"tier": DELETE}, "tier", "missing"),
+    (Tier.COINCIDENCE, {"tier": "Bogus"}, "tier", "unknown tier 'Bogus'"),
+    (Tier.COINCIDENCE, {"tier": ["CoincidenceTier"]}, "tier", "unknown tier"),
+    (Tier.COINCIDENCE, {"uuid": DELETE}, "uuid", "missing"),
+    (Tier.COINCIDENCE, {"uuid": " "}, "uuid", "must not be empty"),
+    (Tier.COINCIDENCE, {"uuid": 123}, "uuid", "must be a string, got 123"),
+    (Tier.COINCIDENCE, {"uuid": "u" * 257}, "uuid", "longer than 256 characters"),
+    (Tier.COINCIDENCE, {"detector_name": "Foo"}, "detector_name", "unknown detector 'Foo'"),
+    (Tier.COINCIDENCE, {"detector_name": None}, "detector_name", "missing"),
+    (Tier.COINCIDENCE, {"neutrino_time_utc": DELETE}, "neutrino_time_utc", "missing"),
+    (Tier.COINCIDENCE, {"neutrino_time_utc": "yesterday"}, "neutrino_time_utc", "not an ISO 8601 time"),
+    (Tier.COINCIDENCE, {"neutrino_time_utc": 1795000000}, "neutrino_time_utc", NOT_ISO),
+    (Tier.COINCIDENCE, {"neutrino_time_utc": "2026-02-30T12:00Z"}, "neutrino_time_utc", "not an ISO"),
+    (Tier.COINCIDENCE, {"neutrino_time_utc": "2026-02-30T12:00:00"}, "neutrino_time_utc", "not a valid"),
+    (Tier.COINCIDENCE, {"p_val": 1.5}, "p_val", "must be between 0 and 1, got 1.5"),
+    (Tier.COINCIDENCE, {"p_val": -0.1}, "p_val", "must be >= 0, got -0.1"),
+    (Tier.COINCIDENCE, {"p_val": True}, "p_val", "must be a number, got True"),
+    (Tier.COINCIDENCE, {"p_val": "0.5"}, "p_val", "must be a number, got '0.5'"),
+    (Tier.COINCIDENCE, {"p_val": float("nan")}, "p_val", "must be a finite number"),
+    (Tier.COINCIDENCE, {"p_val": float("inf")}, "p_val", "must be a finite number"),
+    (Tier.COINCIDENCE, {"is_test": "maybe"}, "is_test", "must be true or false, got 'maybe'"),
+    (Tier.COINCIDENCE, {"is_firedrill": 1}, "is_firedrill", "must be true or false, got 1"),
+    (Tier.COINCIDENCE, {"sent_time_utc": "soon"}, "sent_time_utc", "not an ISO 8601 time"),
+    (Tier.COINCIDENCE, {"meta": ["run", 7]}, "meta", "must be an object"),
+    (Tier.COINCIDENCE, {"meta": {"tags": {"a"}}}, "meta", "unsupported type set (at meta.tags)"),
+    (Tier.COINCIDENCE, {"meta": {"rate": [1.0, float("nan")]}}, "meta", "got nan (at meta.rate[1])"),
+    (Tier.COINCIDENCE, {"meta": {"run": 1}, "run": 2}, "run", "given both at the top level and in meta"),
+    (Tier.COINCIDENCE, {"meta": {1: "one"}}, "meta", "non-string key 1"),
+    (Tier.COINCIDENCE, {"p_val": 2**64}, "p_val", "outside the 64-bit range"),
+    (Tier.HEARTBEAT, {"detector_status": DELETE}, "detector_status", "missing"),
+    (Tier.HEARTBEAT, {"detector_status": "on"}, "detector_status", "must be one of OFF, ON, got 'on'"),
+    (Tier.RETRACTION, {"retract_latest_n": DELETE}, "retract_message_uuid", "retract_latest_n > 0"),
+    (Tier.RETRACTION, {"retract_latest_n": 0}, "retract_message_uuid", "retract_latest_n > 0"),
+    (Tier.RETRACTION, {"retract_message_uuid": "abc"}, "retract_message_uuid", "cannot be combined"),
+    (Tier.RETRACTION, {"retract_latest_n": -1}, "retract_latest_n", "must be >= 0, got -1"),
+    (Tier.RETRACTION, {"retract_latest_n": "2"}, "retract_latest_n", "must be an integer, got '2'"),
+    (Tier.RETRACTION, {"retraction_reason": 5}, "retraction_reason", "must be a string"),
+    (Tier.SIGNIFICANCE, {"p_values": DELETE}, "p_values", "missing"),
+    (Tier.SIGNIFICANCE, {"p_values": [0.1, 2]}, "p_values", "item 1 must be between 0 and 1, got 2"),
+    (Tier.SIGNIFICANCE, {"p_values": "0.1"}, "p_values", "must be a list"),
+    (Tier.SIGNIFICANCE, {"t_bin_width_sec": -1}, "t_bin_width_sec", "must be >= 0"),
+    (Tier.SIGNIFICANCE, {"t_bin_width_sec": DELETE}, "t_bin_width_sec", "missing"),
+    (Tier.TIMING, {"timing_series": []}, "timing_series", "must not be empty"),
+    (Tier.TIMING, {"timing_series": [1, 1.5]}, "timing_series", "item 1 must be an integer, got 1.5"),
+    (Tier.TIMING, {"timing_series": DELETE}, "timing_series", "missing"),
+    (Tier.TIMING, {"start_time_utc": DELETE}, "start_time_utc", "missing"),
+    (Tier.TIMING, {"time_bin_width_ns": 0}, "time_bin_width_ns", "must be > 0"),
+    (Tier.TIMING, {"background_rate_Hz": -2}, "background_rate_Hz", "must be >= 0"),
+    (Tier.TIMING, {"detection_channel": "Muon"}, "detection_channel", "must be one of"),
+]
+
+
+@pytest.mark.parametrize(("tier", "changes", "field", "problem"), BAD_MESSAGES)
+def test_bad_messages_name_the_field_and_the_problem(
+    tier: Tier, changes: dict, field: str, problem: str
+) -> None:
+    with pytest.raises(MessageError) as caught:
+        parse_message(_message_data(tier, **changes), detectors=DETECTORS)
+    assert caught.value.field == field
+    assert problem in caught.value.problem
+    assert str(caught.value) == f"{field}: {caught.value.problem}"
+
+
+def test_a_non_object_message_is_rejected() -> None:
+    with pytest.raises(MessageError, match="^payload: must be a JSON object, got list$"):
+        parse_message([COINCIDENCE], detectors=DETECTORS)
+
+
+# --- rejected payloads -------------------------------------------------------------------------
+
+
+def _nested_json(levels: int) -> bytes:
+    """A top-level object whose meta value is a chain of lists, `levels` deep in total."""
+    return b'{"meta":' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+
+def _shared_reference_pickle() -> bytes:
+    """A small pickle that expands to megabytes: one list referenced many times."""
+    shared = ["x" * 1000]
+    return pickle.dumps(coincidence_model(meta={"copies": [shared] * 500}))
+
+
+BAD_PAYLOADS = [
+    (b" " * (LIMIT + 1), "payload", f"is {LIMIT + 1} bytes, over the limit of {LIMIT}"),
+    ({"meta": {"text": "x" * LIMIT}}, "payload", f"over the limit of {LIMIT} bytes as JSON"),
+    (b'{"detector_name": "Super-\xff"}', "payload", "not valid UTF-8 (byte 0xff at offset 25)"),
+    ("{\"detector_name\": \"\ud800\"}", "payload", "not valid Unicode text"),
+    (b"[1, 2]", "payload", "must be a JSON object, got list"),
+    (b'"CoincidenceTier"', "payload", "must be a JSON object, got str"),
+    (JSONBlob([COINCIDENCE]), "payload", "must be a JSON object, got list"),
+    (12345, "payload", "must be a JSON object, got int"),
+    (b"{not json", "payload", "not valid JSON"),
+    (b'{"p_val": NaN}', "payload", "NaN is not a valid JSON number"),
+    (b'{"p_val": -Infinity}', "payload", "-Infinity is not a valid JSON number"),
+    (b'{"p_val": 1e400}', "p_val", "must be a finite number, got inf"),
+    (b'{"p_val": ' + b"9" * 5000 + b"}", "payload", "not valid JSON"),
+    (b'{"uuid": "a", "uuid": "b"}', "payload", "JSON object has the key 'uuid' twice"),
+    (_nested_json(33), "meta", "nested deeper than 32 levels"),
+    (b'{"meta":' + b"[" * 5000 + b"]" * 5000 + b"}", "payload", "nested deeper than 32 levels"),
+    ({"meta": {"when": datetime(2026, 1, 1)}}, "meta", "unsupported type datetime (at meta.when)"),
+    (_shared_reference_pickle(), "payload", f"over the limit of {LIMIT} bytes as JSON"),
+    (pickle.dumps([COINCIDENCE]), "payload", "holds a list, not a SNEWS message model"),
+]
+
+
+@pytest.mark.parametrize(("payload", "field", "problem"), BAD_PAYLOADS)
+def test_bad_payloads_name_the_problem(payload: object, field: str, problem: str) -> None:
+    with pytest.raises(MessageError) as caught:
+        decode_payload(payload, max_bytes=LIMIT)
+    assert caught.value.field == field
+    assert problem in caught.value.problem
+
+
+def test_limits_accept_payloads_just_inside_them() -> None:
+    assert "meta" in decode_payload(_nested_json(32), max_bytes=LIMIT)
+    assert len(_shared_reference_pickle()) < 4000  # the expansion test above is about sharing
+    compact = json.dumps(COINCIDENCE, separators=(",", ":")).encode()
+    assert decode_payload(compact, max_bytes=len(compact)) == COINCIDENCE
+    assert decode_payload(COINCIDENCE, max_bytes=len(compact)) == COINCIDENCE
+    with pytest.raises(MessageError, match="over the limit"):
+        decode_payload(COINCIDENCE, max_bytes=len(compact) - 1)
+
+
+# --- freshness ---------------------------------------------------------------------------------
+
+
+def _coincidence_at(t_ns: int) -> Message:
+    data = _message_data(Tier.COINCIDENCE, neutrino_time_utc=format_time_ns(t_ns))
+    return parse_message(data, detectors=DETECTORS)
+
+
+def test_freshness_rejects_future_and_expired_neutrino_times() -> None:
+    limits = {"now_ns": NOON_NS, "max_age_ns": 24 * HOUR_NS, "max_future_ns": 60 * 10**9}
+    with pytest.raises(MessageError, match=r"^neutrino_time_utc: is 3\.2 h in the future"):
+        check_freshness(_coincidence_at(NOON_NS + 32 * HOUR_NS // 10), **limits)
+    expired = r"^neutrino_time_utc: is older than the cache window of 24 h \(25 h before server time"
+    with pytest.raises(MessageError, match=expired):
+        check_freshness(_coincidence_at(NOON_NS - 25 * HOUR_NS), **limits)
+    check_freshness(_coincidence_at(NOON_NS + 60 * 10**9), **limits)
+    check_freshness(_coincidence_at(NOON_NS - 24 * HOUR_NS), **limits)
+    heartbeat = parse_message(_message_data(Tier.HEARTBEAT), detectors=DETECTORS)
+    check_freshness(heartbeat, now_ns=0, max_age_ns=0, max_future_ns=0)
+
+
+# --- times ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-21T12:30:00Z", NOON_NS),
+        ("2026-11-21T12:30:00.123456789Z", NOON_NS + 123456789),
+        ("2026-11-21T12:30:00.1Z", NOON_NS + 100_000_000),
+        ("2026-11-21 12:30:00.000001", NOON_NS + 1000),
+        ("2026-11-21T14:30:00.000000001+02:00", NOON_NS + 1),
+        ("2026-11-21T07:00:00-05:30", NOON_NS),
+        ("1969-12-31T23:59:59.999999999Z", -1),
+    ],
+)
+def test_parse_time_ns_is_exact(text: str, expected: int) -> None:
+    assert parse_time_ns(text, "t") == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-21T12:30:00.1234567891Z",
+        "2026-13-01T00:00:00Z",
+        "2026-11-21T24:00:00Z",
+        "2026-11-21T12:30:00+24:00",
+        "2026-11-21",
+        "2026-11-21T12:30:00Zjunk",
+        "\uff12026-11-21T12:30:00Z",
+        "0001-01-01T00:00:00+01:00",
+        "",
+        None,
+        1.5,
+    ],
+)
+def test_parse_time_ns_names_the_field_for_bad_times(text: object) -> None:
+    with pytest.raises(MessageError) as caught:
+        parse_time_ns(text, "sent_time_utc")
+    assert caught.value.field == "sent_time_utc"
+
+
+FIRST_NS = parse_time_ns("0001-01-01T00:00:00Z", "t")
+LAST_NS = parse_time_ns("9999-12-31T23:59:59.999999999Z", "t")
+
+
+@given(st.integers(min_value=FIRST_NS, max_value=LAST_NS))
+def test_format_then_parse_is_the_identity(t_ns: int) -> None:
+    text = format_time_ns(t_ns)
+    assert len(text) == 30 and text.endswith("Z")
+    assert parse_time_ns(text, "t") == t_ns
+
+
+@given(
+    st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)),
+    st.text(alphabet="0123456789", max_size=9),
+    st.integers(min_value=-(23 * 60 + 59), max_value=23 * 60 + 59),
+)
+def test_parse_agrees_with_datetime_for_any_offset_and_precision(
+    moment: datetime, digits: str, offset_minutes: int
+) -> None:
+    sign = "-" if offset_minutes < 0 else "+"
+    hours, minutes = divmod(abs(offset_minutes), 60)
+    text = f"{moment:%Y-%m-%dT%H:%M:%S}{'.' + digits if digits else ''}{sign}{hours:02d}:{minutes:02d}"
+    aware = moment.replace(microsecond=0, tzinfo=timezone(timedelta(minutes=offset_minutes)))
+    expected_seconds = (aware - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(seconds=1)
+    assert parse_time_ns(text, "t") == expected_seconds * 10**9 + int(digits.ljust(9, "0"))
