@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from engine_helpers import LIVE, S, TEST, Run, heartbeat, observation, retraction
+from builders import LIVE, S, TEST, Run, heartbeat, observation, retraction
 from snews_tasks.alerts import false_alarm_rate_per_year
 from snews_tasks.coincidence import Observation, maximal_windows
 from snews_tasks.messages import MessageError

@@ -7,7 +7,7 @@ from collections import defaultdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine_helpers import LIVE, TEST, S, Run, observation, retraction
+from builders import LIVE, TEST, S, Run, observation, retraction
 from snews_tasks.coincidence import brute_force_coincidences
 
 DETECTORS = ("Super-K", "IceCube", "JUNO", "KamLAND", "LVD")

@@ -1,4 +1,4 @@
-"""Building observation messages and running them through the replay path in unit tests."""
+"""Observation and retraction messages for tests, and a replay harness that keeps every alert."""
 
 from __future__ import annotations
 
