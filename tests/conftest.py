@@ -1,0 +1,74 @@
+"""Real servers for the tests: started once per session on free ports, stopped by PID.
+
+A server that cannot start makes the tests that need it fail, never skip.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from slack_api import FakeSlackApi
+from snews_tasks import localstack
+
+REDIS_DATABASES = 16  # redis-server's default number of databases
+
+
+@pytest.fixture(scope="session")
+def redis_service() -> Iterator[localstack.Service]:
+    service = localstack.start_redis()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_service() -> Iterator[localstack.Service]:
+    """A Tansu broker; tests create their own topics with `localstack.create_topics`."""
+    service = localstack.start_kafka()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_service() -> Iterator[localstack.Service]:
+    service = localstack.start_mongo()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def _redis_database_numbers() -> Iterator[int]:
+    return itertools.cycle(range(REDIS_DATABASES))
+
+
+@pytest.fixture
+def new_redis_url(redis_service: localstack.Service,
+                  _redis_database_numbers: Iterator[int]) -> Callable[[], str]:
+    """Hands out URLs of flushed databases, for tests that need more than one (broker, state)."""
+    def allocate() -> str:
+        url = f"redis://127.0.0.1:{redis_service.port}/{next(_redis_database_numbers)}"
+        with redis.Redis.from_url(url) as client:
+            client.flushdb()
+        return url
+    return allocate
+
+
+@pytest.fixture
+def redis_url(new_redis_url: Callable[[], str]) -> str:
+    """A flushed database of the session's Redis, so tests never see each other's keys."""
+    return new_redis_url()
+
+
+@pytest.fixture
+def slack_api() -> Iterator[FakeSlackApi]:
+    with FakeSlackApi() as server:
+        yield server

@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from snews_tasks.settings import (
+    KNOWN_DETECTORS, Secret, Settings, SettingsError, describe_settings, load_settings,
+)
+
+FLOWER_AUTH = {"SNEWS_FLOWER_BASIC_AUTH": "operator:s3cret-pw"}
+
+
+def write_config(directory: Path, mode: str, text: str) -> dict[str, str]:
+    (directory / f"{mode}.env").write_text(text)
+    return {"SNEWS_CONFIG_DIR": str(directory)}
+
+
+def test_local_defaults_from_the_repository_config() -> None:
+    settings = load_settings(environ={})
+    assert settings.mode == "local"
+    assert settings.server_tag == "local"
+    assert settings.coincidence_threshold_s == 10.0
+    assert settings.detectors == KNOWN_DETECTORS
+    assert len(settings.detectors) == 20
+    assert settings.state_redis_url == "redis://127.0.0.1:6379/1"
+    assert settings.mongo_url.reveal() == "mongodb://127.0.0.1:27017"
+    assert settings.slack_token is None
+    assert settings.flower_basic_auth is None
+
+
+def test_mode_comes_from_the_environment_when_not_given() -> None:
+    settings = load_settings(environ={"SNEWS_MODE": "test"})
+    assert (settings.mode, settings.server_tag) == ("test", "test")
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    environ = write_config(tmp_path, "local", "SNEWS_SERVER_TAG=from-file\n"
+                                              "SNEWS_COINCIDENCE_THRESHOLD_S=10\n")
+    environ |= {"SNEWS_COINCIDENCE_THRESHOLD_S": "2.5", "SNEWS_DETECTORS": "JUNO, Super-K"}
+    settings = load_settings("local", environ)
+    assert settings.server_tag == "from-file"
+    assert settings.coincidence_threshold_s == 2.5
+    assert settings.detectors == ("JUNO", "Super-K")
+
+
+def test_comments_and_blank_lines_are_ignored_and_hash_in_values_is_data(tmp_path: Path) -> None:
+    environ = write_config(tmp_path, "local", "# a comment\n\n  SNEWS_SERVER_TAG = x \n"
+                                              "SNEWS_SLACK_CHANNEL=#alerts\n")
+    settings = load_settings("local", environ)
+    assert (settings.server_tag, settings.slack_channel) == ("x", "#alerts")
+
+
+def test_unknown_key_in_file_names_key_and_line(tmp_path: Path) -> None:
+    environ = write_config(tmp_path, "local", "SNEWS_SERVER_TAG=x\n\nSNEWS_COINCIDENSE_S=5\n")
+    with pytest.raises(SettingsError, match=r"SNEWS_COINCIDENSE_S .*local\.env:3.*unknown"):
+        load_settings("local", environ)
+
+
+def test_unknown_key_in_environment_names_key_and_source() -> None:
+    with pytest.raises(SettingsError, match=r"SNEWS_SLACK_TOKN \(environment\): unknown"):
+        load_settings("local", {"SNEWS_SLACK_TOKN": "xoxb-1"})
+
+
+def test_malformed_float_names_key_source_and_value() -> None:
+    with pytest.raises(SettingsError, match=r"SNEWS_COINCIDENCE_THRESHOLD_S \(environment\): "
+                                            r"'ten' is not a finite number"):
+        load_settings("local", {"SNEWS_COINCIDENCE_THRESHOLD_S": "ten"})
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("SNEWS_COINCIDENCE_THRESHOLD_S", "0", "must be > 0"),
+    ("SNEWS_MAX_FUTURE_SKEW_S", "-1", "must be >= 0"),
+    ("SNEWS_COINCIDENCE_THRESHOLD_S", "nan", "is not a finite number"),
+    ("SNEWS_RETRY_MAX", "2.5", "is not an integer"),
+    ("SNEWS_FLOWER_PORT", "70000", "port number"),
+    ("SNEWS_DETECTORS", "JUNO,,IceCube", "list of non-empty names"),
+    ("SNEWS_DETECTORS", "JUNO,JUNO", "JUNO more than once"),
+    ("SNEWS_KAFKA_URL", "127.0.0.1:9092", "kafka://"),
+    ("SNEWS_SLACK_BASE_URL", "http://127.0.0.1:1/api", "must end with '/'"),
+    ("SNEWS_HOP_AUTH", "/nonexistent/auth.toml", "existing hop auth file"),
+    ("SNEWS_SERVER_TAG", "", "must not be empty"),
+])
+def test_bad_values_are_rejected_with_the_problem(key: str, value: str, problem: str) -> None:
+    with pytest.raises(SettingsError, match=rf"{key} \(environment\): .*{problem}"):
+        load_settings("local", {key: value})
+
+
+def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
+    environ = write_config(tmp_path, "local", "SNEWS_SERVER_TAG=x\nSNEWS_ALERT_TOPIC\n")
+    with pytest.raises(SettingsError, match=r"local\.env:2: expected SNEWS_NAME=value"):
+        load_settings("local", environ)
+
+
+def test_key_set_twice_in_a_file_is_an_error(tmp_path: Path) -> None:
+    environ = write_config(tmp_path, "local", "SNEWS_SERVER_TAG=x\nSNEWS_SERVER_TAG=y\n")
+    with pytest.raises(SettingsError, match=r"SNEWS_SERVER_TAG .*:2\): set twice .*:1\)"):
+        load_settings("local", environ)
+
+
+def test_missing_server_tag_is_reported(tmp_path: Path) -> None:
+    environ = write_config(tmp_path, "local", "# nothing\n")
+    with pytest.raises(SettingsError, match=r"SNEWS_SERVER_TAG: required"):
+        load_settings("local", environ)
+
+
+def test_unknown_mode_and_missing_file_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"SNEWS_MODE \(argument\): 'staging' must be one of"):
+        load_settings("staging", {})
+    with pytest.raises(SettingsError, match=r"cannot read configuration file .*firedrill\.env"):
+        load_settings("firedrill", {"SNEWS_CONFIG_DIR": str(tmp_path)})
+
+
+def test_secrets_never_appear_in_repr_str_or_errors() -> None:
+    token = "xoxb-very-secret-token"
+    settings = load_settings("production", {"SNEWS_SLACK_TOKEN": token,
+                                            "SNEWS_MONGO_URL": "mongodb://u:pw123@db:27017"}
+                             | FLOWER_AUTH)
+    assert settings.slack_token is not None and settings.slack_token.reveal() == token
+    text = repr(settings) + str(settings) + str(settings.slack_token)
+    for secret in (token, "pw123", "s3cret-pw"):
+        assert secret not in text
+    with pytest.raises(SettingsError) as raised:
+        load_settings("local", {"SNEWS_FLOWER_BASIC_AUTH": "no-colon-secret"})
+    assert "SNEWS_FLOWER_BASIC_AUTH" in str(raised.value)
+    assert "no-colon-secret" not in str(raised.value)
+
+
+def test_empty_optional_secret_means_unset() -> None:
+    assert load_settings("local", {"SNEWS_SLACK_TOKEN": ""}).slack_token is None
+
+
+def test_production_needs_flower_auth_from_the_environment() -> None:
+    with pytest.raises(SettingsError, match=r"SNEWS_FLOWER_BASIC_AUTH: required in production"):
+        load_settings("production", {})
+    settings = load_settings("production", FLOWER_AUTH)
+    assert settings.flower_basic_auth == Secret("operator:s3cret-pw")
+    assert settings.hop_auth == "true"
+
+
+def test_flower_beyond_localhost_needs_auth_even_locally() -> None:
+    with pytest.raises(SettingsError, match="SNEWS_FLOWER_BASIC_AUTH: required"):
+        load_settings("local", {"SNEWS_FLOWER_ADDRESS": "0.0.0.0"})
+
+
+def test_firedrill_and_production_differ_only_in_topics_channel_and_tag() -> None:
+    firedrill = dataclasses.asdict(load_settings("firedrill", FLOWER_AUTH))
+    production = dataclasses.asdict(load_settings("production", FLOWER_AUTH))
+    differing = {name for name in production if production[name] != firedrill[name]}
+    assert differing == {"mode", "server_tag", "observation_topic", "alert_topic",
+                         "test_alert_topic", "slack_channel"}
+
+
+def test_retry_backoff_cap_below_start_is_rejected() -> None:
+    with pytest.raises(SettingsError, match="SNEWS_RETRY_BACKOFF_MAX_S: must be >="):
+        load_settings("local", {"SNEWS_RETRY_BACKOFF_S": "10", "SNEWS_RETRY_BACKOFF_MAX_S": "5"})
+
+
+def test_describe_settings_covers_every_field_with_doc_and_file_syntax_default() -> None:
+    described = {doc.name: doc for doc in describe_settings()}
+    assert set(described) == {"SNEWS_" + f.name.upper() for f in dataclasses.fields(Settings)}
+    assert all(doc.doc for doc in described.values())
+    assert described["SNEWS_COINCIDENCE_THRESHOLD_S"].default == "10.0"
+    assert described["SNEWS_DETECTORS"].default == ",".join(KNOWN_DETECTORS)
+    assert described["SNEWS_SLACK_TOKEN"].default == ""
+
+
+def test_every_described_default_loads_back_to_the_same_value(tmp_path: Path) -> None:
+    lines = [f"{doc.name}={doc.default}" for doc in describe_settings()
+             if doc.default and doc.name != "SNEWS_MODE"]
+    environ = write_config(tmp_path, "local", "SNEWS_SERVER_TAG=x\n" + "\n".join(lines))
+    assert load_settings("local", environ) == Settings(mode="local", server_tag="x")
+
+
+def test_readme_documents_every_setting_as_the_code_does() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = [f"| `{doc.name}` | {f'`{doc.default}`' if doc.default else ''} | {doc.doc} |"
+            for doc in describe_settings()]
+    missing = [row for row in rows if row not in readme]
+    assert not missing, ("README.md settings table is out of date; expected rows:\n"
+                         + "\n".join(rows))
