@@ -9,7 +9,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
-        from .app import app
+        from .celery_app import app
 
         return app
     raise AttributeError(f"module 'snews_tasks' has no attribute {name!r}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from ..app import app, settings
+from ..celery_app import app, settings
 from ..coincidence import namespace_of
 from ..messages import Message, MessageError, Tier, format_time_ns
 from ..processing import Processor

@@ -1,0 +1,68 @@
+"""What every notification task shares: one attempt, the service's retry policy, a failure record.
+
+A retryable error is retried with the policy's backoff (Celery's retry, so
+Flower shows each one); an error that is not retryable, or the last retry's,
+is recorded with its payload for `snews-tasks failed retry` and then raised,
+so the task also shows as failed in Flower. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import redis
+from pymongo import MongoClient
+
+from ..celery_app import settings
+from ..archive import Archive
+from ..failures import FailureLog
+from ..resources import resource
+from ..retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+#: Which task re-drives each kind of failure record.
+REDRIVE_TASKS = {
+    "alert_kafka": "snews.kafka.publish_alert",
+    "alert_slack": "snews.slack.post_alert",
+    "alert_store": "snews.storage.store_alert",
+    "observation_store": "snews.storage.store_observation",
+    "reject_store": "snews.storage.store_reject",
+    "heartbeat_store": "snews.storage.store_heartbeat",
+}
+
+
+def state_redis() -> redis.Redis:
+    return resource("state-redis", lambda: redis.Redis.from_url(settings.state_redis_url,
+                                                                decode_responses=True))
+
+
+def open_failure_log() -> FailureLog:
+    """Connects lazily: it must exist while MongoDB is down, to fall back to Redis."""
+    client: MongoClient = MongoClient(settings.mongo_url.reveal(), appname="snews_tasks-failures",
+                                      serverSelectionTimeoutMS=2_000, connectTimeoutMS=2_000)
+    return FailureLog(Archive(client, settings.mongo_db), state_redis())
+
+
+def failure_log() -> FailureLog:
+    return resource("failure-log", open_failure_log)
+
+
+def deliver(task: Any, *, kind: str, key: str, document: Mapping[str, Any],
+            policy: RetryPolicy, attempt: Callable[[], R]) -> R:
+    """Run one attempt; retry it, or record it as failed, by the service's policy."""
+    try:
+        return attempt()
+    except Exception as error:
+        delay = policy.next_delay(error, task.request.retries)
+        if delay is not None:
+            log.warning("%s %s: attempt %d failed (%s), retrying in %.1f s", kind, key,
+                        task.request.retries + 1, type(error).__name__, delay)
+            raise task.retry(exc=error, countdown=delay, max_retries=None) from error
+        failure_log().record_failure(kind=kind, key=key, payload=document,
+                                     error=f"{type(error).__name__}: {error}",
+                                     attempts=task.request.retries + 1)
+        raise

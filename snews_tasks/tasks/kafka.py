@@ -1,0 +1,139 @@
+"""Kafka deliveries: publish one alert to the alert topic with hop-client.
+
+For the Celery wrapper: resource `open_publisher(settings)` (once per worker
+process), attempt `AlertPublisher.publish(alert)`, policy
+`retry.kafka_policy(settings)`. Retryable errors: the broker down or slow
+(`KafkaException` with a retriable code or `_MSG_TIMED_OUT`, `_TIMED_OUT`,
+`_TRANSPORT`, `_ALL_BROKERS_DOWN`; `TimeoutError` when no delivery report
+came). A message the broker refuses (too large, not authorised) and a
+`ValueError` (an alert missing its key) are permanent. When retries run out,
+record kind "alert_kafka", key `failures.alert_key(alert)`.
+
+Alerts are JSON (`hop.models.JSONBlob`): `snews_pt subscribe` reads
+`message.content` as a dict. Publishing is at least once: a retry after a
+lost delivery report may publish a revision twice, and consumers
+deduplicate on (alert_id, revision).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlparse
+
+import confluent_kafka
+from adc.errors import KafkaException
+from hop.auth import Auth, load_auth
+from hop.io import Stream
+from hop.models import JSONBlob
+
+from ..celery_app import app, settings
+from ..archive import require_str
+from ..failures import alert_key
+from ..resources import resource
+from ..retry import kafka_policy
+from ..settings import Settings
+from .delivery import deliver
+
+logger = logging.getLogger(__name__)
+
+# Extra wait for the delivery report beyond the message timeout, for librdkafka's timeout scan.
+DELIVERY_REPORT_GRACE_S = 2.0
+
+
+def hop_auth(setting: str) -> bool | list[Auth]:
+    """The `auth` argument of hop's Stream for the settings value "false", "true" or a file path."""
+    if setting == "false":
+        return False
+    if setting == "true":
+        return True
+    return load_auth(setting)
+
+
+def _log_client_error(error: confluent_kafka.KafkaError) -> None:
+    """librdkafka reports every failed reconnect; a failed publish raises, so these are warnings."""
+    logger.warning("Kafka client: %s", error.str())
+
+
+class AlertPublisher:
+    """One hop-client writer, opened once, serving the live and the test alert topic.
+
+    hop's writer sends to any topic named on write, sharing one librdkafka
+    producer, so one writer serves both topics. Every message must reach the
+    broker within `produce_timeout_s` (librdkafka's ``message.timeout.ms``);
+    `publish` waits for the delivery report, so a dead broker raises after
+    that long instead of hanging. hop's per-topic size check (a
+    describe-configs round trip that blocks about 60 s on a dead broker) is
+    switched off: alerts are a few kB, far below any topic's limit.
+    """
+
+    def __init__(self, kafka_url: str, *, alert_topic: str, test_alert_topic: str,
+                 auth: bool | list[Auth], produce_timeout_s: float) -> None:
+        parsed = urlparse(kafka_url)
+        if parsed.scheme != "kafka" or not parsed.hostname or parsed.path.strip("/"):
+            raise ValueError(f"kafka_url: must be kafka://host:port without topics, "
+                             f"got {kafka_url!r}")
+        for name, topic in (("alert_topic", alert_topic), ("test_alert_topic", test_alert_topic)):
+            if not topic or "," in topic:
+                raise ValueError(f"{name}: must be one topic name, got {topic!r}")
+        if produce_timeout_s <= 0:
+            raise ValueError(f"produce_timeout_s: must be > 0, got {produce_timeout_s}")
+        self.alert_topic = alert_topic
+        self.test_alert_topic = test_alert_topic
+        self._delivery_wait = timedelta(seconds=produce_timeout_s + DELIVERY_REPORT_GRACE_S)
+        self._writer = Stream(auth=auth).open(
+            f"{kafka_url.rstrip('/')}/{alert_topic},{test_alert_topic}", "w",
+            produce_timeout=timedelta(seconds=produce_timeout_s), automatic_offload=False,
+            error_callback=_log_client_error)
+
+    def topic_for(self, alert: Mapping[str, Any]) -> str:
+        """Test alerts go to their own topic, so they never reach the real subscribers."""
+        is_test = alert.get("is_test")
+        if not isinstance(is_test, bool):
+            raise ValueError(f"alert: field 'is_test' must be true or false, got {is_test!r}")
+        return self.test_alert_topic if is_test else self.alert_topic
+
+    def publish(self, alert: Mapping[str, Any]) -> None:
+        """Send one alert and wait until the broker has it; raise if it does not."""
+        topic = self.topic_for(alert)
+        alert_id = require_str(alert, "alert_id", "alert")
+        reports: list[confluent_kafka.KafkaError | None] = []
+
+        def on_delivery(error: confluent_kafka.KafkaError | None,
+                        message: confluent_kafka.Message) -> None:
+            reports.append(error if error is not None else message.error())
+
+        self._writer.write(JSONBlob(content=dict(alert)), delivery_callback=on_delivery,
+                           topic=topic, key=alert_id)
+        self._writer.flush(self._delivery_wait)
+        if not reports:
+            raise TimeoutError(f"Kafka gave no delivery report for alert {alert_id} on topic "
+                               f"{topic} within {self._delivery_wait.total_seconds():g} s")
+        if reports[0] is not None:
+            raise KafkaException(reports[0])
+
+    def close(self) -> None:
+        """Flush what is queued (bounded by the produce timeout) and disconnect."""
+        unsent = self._writer.close()
+        if unsent:
+            logger.error("closing the Kafka writer with %d alert(s) unsent", unsent)
+
+
+def open_publisher(settings: Settings) -> AlertPublisher:
+    """The worker's alert publisher; connects lazily, so it opens even while the broker is down."""
+    return AlertPublisher(settings.kafka_url, alert_topic=settings.alert_topic,
+                          test_alert_topic=settings.test_alert_topic,
+                          auth=hop_auth(settings.hop_auth),
+                          produce_timeout_s=settings.kafka_produce_timeout_s)
+
+
+# --- Celery task (the alerts queue) --------------------------------------------------------------
+
+@app.task(name="snews.kafka.publish_alert", bind=True)
+def publish_alert(self: Any, alert: dict) -> None:
+    """Publish an alert to the alert topic (the test topic for is_test alerts)."""
+    publisher = resource("alert-publisher", lambda: open_publisher(settings))
+    deliver(self, kind="alert_kafka", key=alert_key(alert), document=alert,
+            policy=kafka_policy(settings), attempt=lambda: publisher.publish(alert))

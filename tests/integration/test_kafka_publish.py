@@ -1,0 +1,143 @@
+"""AlertPublisher with hop-client against a real Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hop.io import StartPosition, Stream
+
+from snews_tasks import localstack
+from snews_tasks.retry import kafka_policy
+from snews_tasks.settings import Settings, load_settings
+from snews_tasks.tasks.kafka import AlertPublisher, open_publisher
+
+pytestmark = pytest.mark.integration
+
+# Far above the produce timeout below (2 s) plus the delivery-report grace; only a hang trips it.
+HANG_LIMIT_S = 60.0
+
+
+def settings_for(kafka_url: str) -> Settings:
+    suffix = uuid.uuid4().hex[:8]
+    return load_settings("test", environ={
+        "SNEWS_KAFKA_URL": kafka_url, "SNEWS_KAFKA_PRODUCE_TIMEOUT_S": "2",
+        "SNEWS_ALERT_TOPIC": f"alerts-{suffix}", "SNEWS_TEST_ALERT_TOPIC": f"test-alerts-{suffix}"})
+
+
+def bootstrap(service: localstack.Service) -> str:
+    return f"{localstack.HOST}:{service.port}"
+
+
+def alert(alert_id: str, revision: int = 1, **overrides) -> dict:
+    return {"alert_id": alert_id, "revision": revision, "alert_type": "NEW",
+            "detector_names": ["IceCube", "KM3NeT"],
+            "neutrino_times_utc": ["2026-11-21T12:30:00.000000001Z", "2026-11-21T12:30:01Z"],
+            "p_values": [0.01, None], "false_alarm_rate_per_year": 0.25, "is_test": False,
+            "is_firedrill": False, "server_tag": "test", **overrides}
+
+
+def read_topic(service: localstack.Service, topic: str) -> list[dict]:
+    stream = Stream(auth=False, start_at=StartPosition.EARLIEST, until_eos=True)
+    with stream.open(f"{service.url}/{topic}", "r") as reader:
+        return [message.content for message in reader]
+
+
+@pytest.fixture
+def topics_and_publisher(kafka_service: localstack.Service
+                         ) -> Iterator[tuple[Settings, AlertPublisher]]:
+    settings = settings_for(kafka_service.url)
+    localstack.create_topics(bootstrap(kafka_service),
+                             [settings.alert_topic, settings.test_alert_topic])
+    publisher = open_publisher(settings)
+    try:
+        yield settings, publisher
+    finally:
+        publisher.close()
+
+
+def publish_with_hang_limit(publisher: AlertPublisher, message: dict) -> BaseException | None:
+    """Publish in a thread; fail the test if it has not returned or raised within HANG_LIMIT_S."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            publisher.publish(message)
+            outcome.append(None)
+        except BaseException as error:  # handed to the test thread
+            outcome.append(error)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(HANG_LIMIT_S)
+    assert outcome, f"publish still blocked after {HANG_LIMIT_S} s"
+    return outcome[0]
+
+
+def test_alerts_arrive_as_json_in_order(kafka_service, topics_and_publisher) -> None:
+    settings, publisher = topics_and_publisher
+    sent = [alert("c-1"), alert("c-1", 2, alert_type="UPDATE", p_values=[0.01, 0.2])]
+    for message in sent:
+        publisher.publish(message)
+    assert read_topic(kafka_service, settings.alert_topic) == sent
+    assert read_topic(kafka_service, settings.test_alert_topic) == []
+
+
+def test_test_alerts_go_only_to_the_test_topic(kafka_service, topics_and_publisher) -> None:
+    settings, publisher = topics_and_publisher
+    publisher.publish(alert("c-7", is_test=True))
+    assert read_topic(kafka_service, settings.test_alert_topic) == [alert("c-7", is_test=True)]
+    assert read_topic(kafka_service, settings.alert_topic) == []
+
+
+@pytest.mark.parametrize("broken, field", [
+    ({"is_test": None}, "is_test"),
+    ({"alert_id": ""}, "alert_id"),
+])
+def test_malformed_alert_is_refused_naming_the_field(topics_and_publisher, broken, field) -> None:
+    _, publisher = topics_and_publisher
+    with pytest.raises(ValueError, match=field) as caught:
+        publisher.publish({**alert("c-1"), **broken})
+    assert not kafka_policy(load_settings("test", environ={})).is_retryable(caught.value)
+
+
+def test_url_with_topics_is_refused() -> None:
+    with pytest.raises(ValueError, match="kafka_url"):
+        AlertPublisher("kafka://127.0.0.1:9092/alerts", alert_topic="a", test_alert_topic="b",
+                       auth=False, produce_timeout_s=1)
+
+
+def test_dead_broker_raises_a_retryable_error_and_publishing_resumes(tmp_path: Path) -> None:
+    data_dir = tmp_path / "kafka"
+    service = localstack.start_kafka(engine="noida", data_dir=data_dir)
+    publisher: AlertPublisher | None = None
+    try:
+        settings = settings_for(service.url)
+        localstack.create_topics(bootstrap(service),
+                                 [settings.alert_topic, settings.test_alert_topic])
+        publisher = open_publisher(settings)
+        publisher.publish(alert("c-1"))
+
+        service.stop()
+        error = publish_with_hang_limit(publisher, alert("c-1", 2))
+        assert error is not None, "publish reported success with the broker down"
+        policy = kafka_policy(settings)
+        assert policy.is_retryable(error), repr(error)
+
+        service = localstack.start_kafka(service.port, engine="noida", data_dir=data_dir)
+        for attempt in range(policy.max_retries):  # what the Celery task does
+            error = publish_with_hang_limit(publisher, alert("c-1", 2))
+            if error is None:
+                break
+            assert policy.is_retryable(error), repr(error)
+            time.sleep(policy.delay(attempt))
+        assert error is None, f"publishing did not resume after the restart: {error!r}"
+        assert read_topic(service, settings.alert_topic) == [alert("c-1"), alert("c-1", 2)]
+    finally:
+        if publisher is not None:
+            publisher.close()
+        service.stop()
