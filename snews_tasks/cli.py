@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import redis
+from pymongo.errors import PyMongoError
+
+from .operations import add_failed_parser, add_status_parser, short_error
 from .settings import MODES, Settings, SettingsError, describe_settings, load_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -49,7 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")
     replay.set_defaults(handler=_replay)
+
+    add_failed_parser(sub)
+    add_status_parser(sub)
+    flower = sub.add_parser(
+        "flower", help="run Flower on the configured address, with basic auth unless local",
+        description="Runs `celery -A snews_tasks flower` on SNEWS_FLOWER_ADDRESS:SNEWS_FLOWER_PORT. "
+                    "Basic auth comes from SNEWS_FLOWER_BASIC_AUTH (passed in the environment, "
+                    "never on the command line); the API is open without auth only in local mode "
+                    "on 127.0.0.1.")
+    flower.set_defaults(handler=_flower)
     return parser
+
+
+def _flower(args: argparse.Namespace, settings: Settings) -> int:
+    env = dict(os.environ)
+    if settings.flower_basic_auth is not None:
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.reveal()
+    elif settings.mode == "local" and settings.flower_address == "127.0.0.1":
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"
+    celery = shutil.which("celery") or "celery"
+    os.execvpe(celery, [celery, "-A", "snews_tasks", "flower",
+                        f"--address={settings.flower_address}", f"--port={settings.flower_port}"],
+               env)
+    return 1  # not reached: exec replaced the process
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -94,12 +123,18 @@ class _BarSafe:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.mode is not None:
+        os.environ["SNEWS_MODE"] = args.mode  # the Celery app reads its settings at import
     try:
         settings = load_settings(args.mode)
     except SettingsError as exc:
         print(f"snews-tasks: configuration error: {exc}", file=sys.stderr)
         return 2
-    return args.handler(args, settings)
+    try:
+        return args.handler(args, settings)
+    except (redis.RedisError, PyMongoError) as error:
+        print(f"snews-tasks {args.command}: {short_error(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
