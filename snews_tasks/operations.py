@@ -213,14 +213,18 @@ def build_status(app: Any, settings: Settings, *, timeout: float) -> Report:
 
     report.add("queue depths", depths)
 
-    def ingest() -> tuple[bool, str, Any]:
-        last = state.get("snews:ingest:last_poll")
-        if last is None:
-            return False, "no ingest has polled the observation topic", None
-        age = now - float(last)
-        return age < INGEST_STALE_S, f"last poll {age:.1f} s ago", age
+    def recent(key: str, limit_s: float, never: str, what: str) -> Callable[[], tuple]:
+        """A check that a heartbeat-like timestamp key in the state Redis is fresh."""
+        def check() -> tuple[bool, str, Any]:
+            last = state.get(key)
+            if last is None:
+                return False, never, None
+            age = now - float(last)
+            return age <= limit_s, f"{what} {age:.1f} s ago (limit {limit_s:g} s)", age
+        return check
 
-    report.add("ingest", ingest)
+    report.add("ingest", recent("snews:ingest:last_poll", INGEST_STALE_S,
+                                "no ingest has polled the observation topic", "last poll"))
 
     def failures() -> tuple[bool, str, Any]:
         from .tasks.delivery import open_failure_log
@@ -259,14 +263,6 @@ def build_status(app: Any, settings: Settings, *, timeout: float) -> Report:
 
     report.add("last alert", last_alert)
 
-    def canary() -> tuple[bool, str, Any]:
-        last = state.get("snews:canary:last_ok")
-        if last is None:
-            return False, "no canary alert has come back yet", None
-        age = now - float(last)
-        return (age <= 2 * settings.canary_interval_s,
-                f"last canary alert {age:.0f} s ago (expected every {settings.canary_interval_s:g} s)",
-                age)
-
-    report.add("canary", canary)
+    report.add("canary", recent("snews:canary:last_ok", 2 * settings.canary_interval_s,
+                                "no canary alert has come back yet", "last canary alert"))
     return report
