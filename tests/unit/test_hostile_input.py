@@ -1,0 +1,117 @@
+"""Fuzzing the decoder and validator: every input is either a valid message or a MessageError.
+
+No other exception may escape (it would fail the task instead of recording a
+reject), and nothing in a payload may run code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import pickletools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from snews.models.messages import CoincidenceTierMessage
+
+from builders import observation, settings as unit_settings
+from snews_tasks.messages import Message, MessageError
+from snews_tasks.processing import Processor
+
+PROCESSOR = Processor(unit_settings())
+VALID = observation("Super-K", 0).to_dict()
+REAL_PICKLE = pickle.dumps(CoincidenceTierMessage(detector_name="Super-K",
+                                                  neutrino_time_utc="2026-11-21T12:30:00Z"))
+FIELDS = sorted(VALID) + ["retract_message_uuid", "retract_latest_n", "detector_status",
+                          "p_values", "t_bin_width_sec", "timing_series", "start_time_utc"]
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40), st.sampled_from(["CoincidenceTier", "Heartbeat", "Retraction", "NOvA",
+                                           "2026-11-21T12:30:00Z", "9999-99-99", "-1e999"]))
+json_values = st.recursive(json_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=20)
+
+
+def outcome(payload: object) -> str:
+    """Parse and check freshness like the worker; anything but a MessageError fails the test."""
+    try:
+        message = PROCESSOR.parse(payload)
+    except MessageError as error:
+        assert error.field or error.problem  # the reason names what is wrong
+        return "rejected"
+    assert isinstance(message, Message)
+    return "accepted"
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_random_bytes(data):
+    outcome(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+def test_random_json_documents(value):
+    outcome(json.dumps(value, allow_nan=True).encode())
+    if isinstance(value, dict):
+        outcome(value)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(FIELDS), json_values)
+def test_a_valid_message_with_one_field_replaced(field, value):
+    outcome({**VALID, field: value})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(FIELDS))
+def test_a_valid_message_with_one_field_missing(field):
+    payload = {k: v for k, v in VALID.items() if k != field}
+    result = outcome(payload)
+    if field in ("uuid", "detector_name", "neutrino_time_utc", "tier"):
+        assert result == "rejected"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(allow_nan=True, allow_infinity=True).filter(lambda p: not 0 <= p <= 1))
+def test_p_values_outside_the_unit_interval_are_rejected(p):
+    assert outcome({**VALID, "p_val": p}) == "rejected"
+    assert outcome(json.dumps({**VALID, "p_val": p}, allow_nan=True)) == "rejected"
+
+
+def test_deep_nesting_oversize_and_invalid_utf8_are_rejected():
+    deep = {**VALID, "meta": json.loads("[" * 500 + "]" * 500)}
+    assert outcome(deep) == "rejected"
+    assert outcome(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}") == "rejected"
+    assert outcome({**VALID, "meta": {"blob": "x" * 200_000}}) == "rejected"
+    assert outcome(json.dumps(VALID).encode().replace(b"Super-K", b"Super-\xff")) == "rejected"
+    assert outcome({**VALID, "detector_name": "Kamiokande-III"}) == "rejected"
+    assert outcome({**VALID, "tier": "GossipTier"}) == "rejected"
+    assert not math.isnan(PROCESSOR.parse(VALID).p_val)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=200))
+def test_mutated_real_pickles_never_run_anything_nor_escape(noise):
+    real = REAL_PICKLE
+    cut = len(noise) % len(real)
+    outcome(real[:cut] + noise + real[cut:])
+    outcome(b"\x80\x04" + noise)
+
+
+def test_every_opcode_that_imports_is_refused_outside_the_allow_list(tmp_path):
+    canary = tmp_path / "ran"
+    attacks = [
+        f"cos\nsystem\n(S'touch {canary}'\ntR.".encode(),
+        f"cposix\nsystem\n(S'touch {canary}'\ntR.".encode(),
+        f"c__builtin__\neval\n(S'open(\"{canary}\",\"w\")'\ntR.".encode(),
+        b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x8c\x04exec\x93.",
+    ]
+    for attack in attacks:
+        pickletools.dis(attack, out=open(tmp_path / "dis.txt", "w"))  # they are valid pickles
+        assert outcome(attack) == "rejected"
+    assert not canary.exists()
