@@ -58,9 +58,12 @@ app.conf.update(
     # Notification retries wait up to retry_backoff_max_s in the worker (ETA); a message must
     # not be handed to a second worker meanwhile, so the visibility timeout is far longer.
     broker_transport_options={"visibility_timeout": max(3600, 4 * settings.retry_backoff_max_s)},
+    # Periodic tasks expire unrun after one period: a worker that was down finds one, not a pile.
     beat_schedule={
-        "expire-coincidence-cache": {"task": "snews.coincidence.expire", "schedule": 60.0},
-        "sweep-outbox": {"task": "snews.coincidence.sweep_outbox", "schedule": 15.0},
+        "expire-coincidence-cache": {"task": "snews.coincidence.expire", "schedule": 60.0,
+                                     "options": {"expires": 60.0}},
+        "sweep-outbox": {"task": "snews.coincidence.sweep_outbox", "schedule": 15.0,
+                         "options": {"expires": 15.0}},
     },
 )
 

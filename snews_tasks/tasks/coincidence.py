@@ -73,6 +73,13 @@ class CoincidenceService:
         except MessageError as error:
             self._reject(payload, error, now_ns)
             outcome = f"rejected: {error}"
+        except REDIS_ERRORS:
+            raise  # the task retries: the message waits for the state to be reachable
+        except Exception as error:
+            # A bug must not lose the message: it is recorded with its payload, then surfaces.
+            self._reject(payload, MessageError(None, f"internal error: {error!r}"), now_ns)
+            self.dispatch()
+            raise
         self.dispatch()
         return outcome
 

@@ -152,3 +152,21 @@ def test_two_writers_at_once_leave_the_state_of_one(redis_url, new_redis_url):
     news = [a for a in shared_alerts.values() if a["alert_type"] == "NEW"]
     assert len(news) == len({a["alert_id"] for a in news})
     assert len(news) == sum(a["alert_type"] == "NEW" for a in deduplicated(serial_sent).values())
+
+
+def test_an_internal_error_records_the_message_and_the_next_one_goes_through(redis_url):
+    svc, sent = service(redis_url)
+    real_step = svc.processor.step
+
+    def broken_step(*args, **kwargs):
+        raise KeyError("a bug")
+
+    svc.processor.step = broken_step
+    victim = h.observation("Super-K", 0)
+    with pytest.raises(KeyError):
+        svc.handle(victim.to_dict(), now_ns=NOW)
+    (task, reject), = sent
+    assert task == "snews.storage.store_reject" and "internal error" in reject["reason"]
+    assert victim.uuid in reject["raw"]
+    svc.processor.step = real_step
+    assert svc.handle(h.observation("IceCube", 1).to_dict(), now_ns=NOW) == "added"
