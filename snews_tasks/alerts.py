@@ -71,6 +71,7 @@ def build_alert(
         "detectors_online": len(online),
         "is_test": c.namespace == TEST,
         "is_firedrill": any(m.is_firedrill for m in c.members),
+        "is_canary": bool(c.members) and all(m.is_canary for m in c.members),
         "server_tag": server_tag,
         "sent_time_utc": sent_time_utc,
         "schema_version": SCHEMA_VERSION,

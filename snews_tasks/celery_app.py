@@ -23,6 +23,7 @@ ROUTES = {
     "snews.storage.*": "storage",
     "snews.kafka.*": "alerts",
     "snews.slack.*": "slack",
+    "snews.canary.*": "storage",
 }
 
 settings = load_settings()
@@ -36,6 +37,7 @@ app = Celery(
         "snews_tasks.tasks.storage",
         "snews_tasks.tasks.kafka",
         "snews_tasks.tasks.slack",
+        "snews_tasks.tasks.canary",
     ],
 )
 app.conf.update(
@@ -64,6 +66,10 @@ app.conf.update(
                                      "options": {"expires": 60.0}},
         "sweep-outbox": {"task": "snews.coincidence.sweep_outbox", "schedule": 15.0,
                          "options": {"expires": 15.0}},
+        "canary-send": {"task": "snews.canary.send", "schedule": settings.canary_interval_s,
+                        "options": {"expires": settings.canary_interval_s}},
+        "canary-check": {"task": "snews.canary.check", "schedule": settings.canary_interval_s,
+                         "options": {"expires": settings.canary_interval_s}},
     },
 )
 

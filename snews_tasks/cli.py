@@ -13,6 +13,7 @@ from pathlib import Path
 import redis
 from pymongo.errors import PyMongoError
 
+from . import ingest, publish, stack
 from .operations import add_failed_parser, add_status_parser, short_error
 from .settings import MODES, Settings, SettingsError, describe_settings, load_settings
 
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="progress bar on stderr (default: when stderr is a terminal)")
     replay.set_defaults(handler=_replay)
 
+    ingest.add_parser(sub)
+    stack.add_parser(sub)
+    publish.add_parser(sub)
     add_failed_parser(sub)
     add_status_parser(sub)
     flower = sub.add_parser(

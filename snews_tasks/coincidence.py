@@ -47,6 +47,7 @@ class Observation:
     p_val: float | None
     seq: int
     is_firedrill: bool = False
+    is_canary: bool = False
 
     @property
     def content(self) -> tuple[str, int, float | None]:
@@ -62,6 +63,7 @@ class Observation:
             "p_val": self.p_val,
             "seq": self.seq,
             "is_firedrill": self.is_firedrill,
+            "is_canary": self.is_canary,
         }
 
     @classmethod
@@ -232,6 +234,8 @@ class CoincidenceEngine:
             p_val=message.p_val,
             seq=seq,
             is_firedrill=message.is_firedrill,
+            # Only test messages may be canaries: a real alert can never be muted by its meta.
+            is_canary=message.is_test and bool((message.meta or {}).get("canary")),
         )
         T = self.threshold_ns
         superseded = [

@@ -99,7 +99,8 @@ def _failed_retry(args: argparse.Namespace, settings: Settings) -> int:
         if record_id in unknown:
             continue
         record = records[record_id]
-        app.send_task(REDRIVE_TASKS[record["kind"]], args=[record["payload"]])
+        app.send_task(REDRIVE_TASKS[record["kind"]], args=[record["payload"]],
+                      ignore_result=True)
         log.mark_redriven(record["kind"], record["key"])
         print(f"re-driven {record_id}")
     for record_id in unknown:

@@ -9,6 +9,7 @@ Field values are validated afterwards by ``messages.parse_message``.
 
 import io
 import pickle
+import pickletools
 from typing import Any, NoReturn
 
 from snews_tasks.messages import DETECTION_CHANNELS, MessageError, Tier
@@ -84,8 +85,29 @@ class _RestrictedUnpickler(pickle.Unpickler):
         _reject("pickle uses a persistent id, which is not allowed")
 
 
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def _check_memo_indexes(data: bytes) -> None:
+    """Refuse memo indexes no honest pickle of this size uses.
+
+    The C unpickler grows its memo table to the largest index it is given, so a
+    15-byte pickle naming index 800 million would claim gigabytes before any
+    other check ran. An honest pickle's indexes stay below its opcode count.
+    """
+    try:
+        opcodes = list(pickletools.genops(data))
+    except Exception as error:  # truncated or unknown opcodes: malformed either way
+        _reject(f"not a valid pickle ({type(error).__name__}: {error})")
+    for opcode, arg, _ in opcodes:
+        if opcode.name in _MEMO_OPCODES and not (
+                isinstance(arg, int) and 0 <= arg <= len(opcodes)):
+            _reject(f"pickle uses memo index {arg!r:.20}, beyond its {len(opcodes)} opcodes")
+
+
 def decode_pickled_model(data: bytes) -> dict:
     """Turn snews-pt pickle bytes into the model's field dict without trusting them."""
+    _check_memo_indexes(data)
     stream = io.BytesIO(data)
     try:
         decoded = _RestrictedUnpickler(stream).load()

@@ -27,9 +27,11 @@ from ..store import RedisStore, RedisView, StateConflict
 
 log = logging.getLogger(__name__)
 
-#: Which tasks deliver each kind of outbox entry.
+SLACK_TASK = "snews.slack.post_alert"
+#: Which tasks deliver each kind of outbox entry. Canary alerts skip Slack: the canary proves
+#: the path every few minutes, and people need not read that.
 DELIVERIES: dict[str, tuple[str, ...]] = {
-    "alert": ("snews.storage.store_alert", "snews.kafka.publish_alert", "snews.slack.post_alert"),
+    "alert": ("snews.storage.store_alert", "snews.kafka.publish_alert", SLACK_TASK),
     "observation": ("snews.storage.store_observation",),
     "reject": ("snews.storage.store_reject",),
 }
@@ -59,7 +61,7 @@ class CoincidenceService:
         self.processor = processor
         self.store = store
         self.send = send
-        self.skip = set() if slack_enabled else {"snews.slack.post_alert"}
+        self.skip = set() if slack_enabled else {SLACK_TASK}
 
     def handle(self, payload: Any, *, now_ns: int | None = None) -> str:
         now_ns = time.time_ns() if now_ns is None else now_ns
@@ -97,7 +99,8 @@ class CoincidenceService:
         entries = self.store.outbox(older_than_s=older_than_s)
         for entry in entries.values():
             for task in DELIVERIES[entry["kind"]]:
-                if task not in self.skip:
+                if task not in self.skip and not (task == SLACK_TASK
+                                                  and entry["document"].get("is_canary")):
                     self.send(task, entry["document"])
         self.store.outbox_done(entries)
         return len(entries)
@@ -120,6 +123,10 @@ class CoincidenceService:
                               {"kind": "alert", "document": alert})
         return outcome.changes.outcome
 
+    def close(self) -> None:
+        """Worker shutdown closes every resource (`resources.close_all`); this one owns a client."""
+        self.store.client.close()
+
     def _reject(self, payload: Any, error: MessageError, now_ns: int) -> None:
         document = reject_document(payload, error, now_ns)
         log.warning("rejected message: %s", error)
@@ -129,7 +136,7 @@ class CoincidenceService:
 
 
 def _send(task: str, document: dict) -> None:
-    app.send_task(task, args=[document])
+    app.send_task(task, args=[document], ignore_result=True)
 
 
 def service() -> CoincidenceService:

@@ -170,3 +170,15 @@ def test_an_internal_error_records_the_message_and_the_next_one_goes_through(red
     assert victim.uuid in reject["raw"]
     svc.processor.step = real_step
     assert svc.handle(h.observation("IceCube", 1).to_dict(), now_ns=NOW) == "added"
+
+
+def test_canary_alerts_skip_slack_but_a_real_message_cannot_claim_to_be_a_canary(redis_url):
+    svc, sent = service(redis_url)
+    for is_test in (True, False):
+        for det, t in (("Super-K", 0), ("IceCube", 1)):
+            m = {**h.observation(det, t, is_test=is_test).to_dict(), "meta": {"canary": True}}
+            svc.handle(m, now_ns=NOW)
+    kafka = [d for t, d in sent if t == "snews.kafka.publish_alert"]
+    slack = [d for t, d in sent if t == "snews.slack.post_alert"]
+    assert [(a["is_test"], a["is_canary"]) for a in kafka] == [(True, True), (False, False)]
+    assert [a["is_test"] for a in slack] == [False]

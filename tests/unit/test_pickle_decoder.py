@@ -132,3 +132,14 @@ def test_model_class_and_tier_field_must_agree() -> None:
     model = tier_models()[Tier.COINCIDENCE]
     model.__dict__["tier"] = SnewsTier.HEART_BEAT  # bypasses validation, as a forger could
     assert "pickled CoincidenceTier model carries tier 'Heartbeat'" in str(_rejection(pickle.dumps(model)))
+
+
+def test_a_huge_memo_index_is_refused_before_any_memory_is_claimed():
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(MessageError, match="memo index"):
+        decode_pickled_model(b"\x80\x04\x8c\x04uuidr\x00\x00\x00\x30.")
+    with pytest.raises(MessageError):  # the fuzzer's original find: malformed and huge
+        decode_pickled_model(b"\x80\x04\x8c\x04uuidr\x8c$91\x00.")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
