@@ -67,6 +67,10 @@ class FailureLog:
         self.collection = archive.failed_notifications
         self.redis = redis_client
 
+    def close(self) -> None:
+        """Worker shutdown closes every resource: this one's MongoDB client (Redis is shared)."""
+        self.collection.database.client.close()
+
     def record_failure(self, *, kind: str, key: str, payload: Mapping[str, Any], error: str,
                        attempts: int) -> None:
         """Record (or refresh) the failure of one notification; raises only if both stores fail."""

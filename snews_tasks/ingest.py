@@ -1,0 +1,469 @@
+"""`snews-tasks ingest`: the observation topic into the Celery queues, one task per message.
+
+Each message is decoded and validated here, so a bad one is rejected at the door
+and never occupies the serial coincidence worker: coincidence-tier messages and
+retractions go to the coincidence queue, heartbeats and significance/timing
+observations to the storage queue, rejects (with their raw payload) to the
+storage queue as well.
+
+Delivery: a message's offset is committed (asynchronously, so the next
+message need not wait for the round trip) only after its task is in the Celery
+broker. A crash re-delivers at most the messages whose commit was in flight
+(tasks are idempotent by uuid); a message whose enqueue fails is retried until
+it succeeds or the process stops, never skipped and never committed. Offsets
+are not auto-committed: librdkafka's close then waits forever for a broker
+that is down, and SIGTERM must work during an outage.
+
+Reading uses librdkafka (hop-client's own Kafka layer) with hop's URL, auth and
+message-format conventions instead of hop's `Consumer.read`, because that
+generator hides empty polls (the liveness key must move while no supernova
+happens) and fixes `fetch.wait.max.ms` at librdkafka's 500 ms, which on Tansu
+and noida delays every message by that much. Partitions are assigned, not
+subscribed, like hop does: no consumer-group join (about 23 s on Tansu), and
+the group id only names the committed offsets.
+
+Liveness for `snews-tasks status`, in the state Redis: `snews:ingest:last_poll`
+(unix time of the latest poll, empty or not) and the counters
+`snews:ingest:received`, `:enqueued` (valid messages handed to a queue) and
+`:rejected` (invalid messages, archived as rejects).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Protocol
+
+import confluent_kafka
+import redis
+from adc.kafka import parse_kafka_url
+from hop.auth import load_auth, select_matching_auth
+from kombu.exceptions import OperationalError
+
+from .messages import Message, MessageError, Tier, format_time_ns
+from .processing import Processor
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+LAST_POLL_KEY = "snews:ingest:last_poll"
+RECEIVED_KEY = "snews:ingest:received"
+ENQUEUED_KEY = "snews:ingest:enqueued"
+REJECTED_KEY = "snews:ingest:rejected"
+
+COINCIDENCE_TASK = "snews.coincidence.process"
+REJECT_TASK = "snews.storage.store_reject"
+TASK_FOR_TIER = {
+    Tier.COINCIDENCE: COINCIDENCE_TASK,
+    Tier.RETRACTION: COINCIDENCE_TASK,
+    Tier.HEARTBEAT: "snews.storage.store_heartbeat",
+    Tier.SIGNIFICANCE: "snews.storage.store_observation",
+    Tier.TIMING: "snews.storage.store_observation",
+}
+#: hop's `_format` header values that carry a message body as plain bytes (snews-pt sends
+#: "blob" with a pickle, JSON publishers "json"); no header means a raw Kafka producer.
+OBSERVATION_FORMATS = (None, "blob", "json")
+
+POLL_TIMEOUT_S = 0.5  # bounds how stale last_poll gets and how long a SIGTERM waits
+FETCH_WAIT_MAX_MS = 10  # the broker answers a fetch within this long even with no data
+OPEN_TIMEOUT_S = 5.0  # also how long SIGTERM may wait while the broker is down at start
+PROBE_TIMEOUT_S = 2.0
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 10.0
+#: librdkafka reports these on every failed reconnect; they start (or confirm) an outage.
+CONNECTION_ERRORS = frozenset({
+    confluent_kafka.KafkaError._ALL_BROKERS_DOWN, confluent_kafka.KafkaError._TRANSPORT,
+    confluent_kafka.KafkaError._RESOLVE, confluent_kafka.KafkaError._TIMED_OUT,
+})
+#: The Celery broker being down: kombu wraps the connection errors, redis-py may leak through.
+ENQUEUE_ERRORS = (OperationalError, redis.RedisError, OSError)
+
+Send = Callable[[str, dict], None]
+ErrorCallback = Callable[[confluent_kafka.KafkaError], None]
+
+
+class Source(Protocol):
+    """The observation topic as the loop needs it; `KafkaSource` is the real one."""
+
+    def poll(self, timeout_s: float) -> confluent_kafka.Message | None: ...
+
+    def done(self, message: confluent_kafka.Message) -> None: ...
+
+    def probe(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+SourceFactory = Callable[[ErrorCallback], Source]
+
+
+class SourceUnavailable(RuntimeError):
+    """The broker or the topic cannot be reached; the loop retries with backoff."""
+
+
+def _log_failed_commit(error: confluent_kafka.KafkaError | None,
+                       partitions: list[confluent_kafka.TopicPartition]) -> None:
+    """A lost commit only means a re-delivery after a restart; the next commit covers it."""
+    if error is not None:
+        offsets = ", ".join(f"partition {p.partition} offset {p.offset}" for p in partitions)
+        log.warning("offset commit failed (%s): %s", offsets, error.str())
+
+
+def _sasl_config(hop_auth_setting: str, broker: str, username: str | None) -> dict:
+    """librdkafka settings for the hop credential matching `broker`, as hop's reader picks it."""
+    from .tasks.kafka import hop_auth  # imports the Celery app: not at CLI start
+
+    auth = hop_auth(hop_auth_setting)
+    if auth is False:
+        return {}
+    credentials = load_auth() if auth is True else auth
+    return select_matching_auth(credentials, broker, username)()
+
+
+class KafkaSource:
+    """One partition-assigned librdkafka consumer of the observation topic."""
+
+    def __init__(self, settings: Settings, *, group_id: str, start_at: str,
+                 on_error: ErrorCallback) -> None:
+        if start_at not in ("earliest", "latest"):
+            raise ValueError(f"start_at: must be 'earliest' or 'latest', got {start_at!r}")
+        username, brokers, _ = parse_kafka_url(settings.kafka_url)
+        if len(brokers) != 1:
+            raise ValueError(f"kafka_url: must name one broker, got {settings.kafka_url!r}")
+        self.topic = settings.observation_topic
+        config = {
+            "bootstrap.servers": brokers[0],
+            "group.id": group_id,
+            "enable.auto.commit": False,  # `done` commits, after the enqueue
+            "on_commit": _log_failed_commit,
+            "auto.offset.reset": start_at,  # only if a committed offset is out of range
+            "fetch.wait.max.ms": FETCH_WAIT_MAX_MS,
+            "reconnect.backoff.ms": 100,
+            "reconnect.backoff.max.ms": round(BACKOFF_MAX_S * 1000),
+            "error_cb": on_error,
+            "log_level": 2,  # librdkafka logs every failed reconnect; error_cb covers them
+        }
+        config.update(_sasl_config(settings.hop_auth, brokers[0], username))
+        self._consumer = confluent_kafka.Consumer(config)
+        try:
+            self._assign(start_at)
+        except BaseException:
+            self._consumer.close()
+            raise
+
+    def _partitions(self, timeout_s: float) -> list[confluent_kafka.TopicPartition]:
+        try:
+            metadata = self._consumer.list_topics(self.topic, timeout=timeout_s)
+        except confluent_kafka.KafkaException as error:
+            raise SourceUnavailable(error.args[0].str()) from None
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise SourceUnavailable(f"topic {self.topic} does not exist")
+        return [confluent_kafka.TopicPartition(self.topic, p) for p in sorted(topic.partitions)]
+
+    def _assign(self, start_at: str) -> None:
+        """Start at the group's committed offsets; a new group starts at `start_at`.
+
+        The offsets are resolved now rather than at the first fetch, so whatever is published
+        once the source is open is read, even with start_at "latest".
+        """
+        partitions = self._partitions(OPEN_TIMEOUT_S)
+        try:
+            committed = self._consumer.committed(partitions, timeout=OPEN_TIMEOUT_S)
+            for partition in committed:
+                if partition.offset < 0:
+                    low, high = self._consumer.get_watermark_offsets(
+                        partition, timeout=OPEN_TIMEOUT_S)
+                    partition.offset = low if start_at == "earliest" else high
+        except confluent_kafka.KafkaException as error:
+            raise SourceUnavailable(error.args[0].str()) from None
+        self._consumer.assign(committed)
+        log.info("reading %s from %s", self.topic,
+                 ", ".join(f"partition {p.partition} offset {p.offset}" for p in committed))
+
+    def poll(self, timeout_s: float) -> confluent_kafka.Message | None:
+        return self._consumer.poll(timeout_s)
+
+    def done(self, message: confluent_kafka.Message) -> None:
+        self._consumer.commit(message=message, asynchronous=True)
+
+    def probe(self) -> None:
+        """Raises SourceUnavailable unless the broker answers for the topic now."""
+        self._partitions(PROBE_TIMEOUT_S)
+
+    def close(self) -> None:
+        """Waits for commits in flight (milliseconds: each was sent while the broker was up)."""
+        self._consumer.close()
+
+
+class Outage:
+    """Logs when something becomes unreachable and when it is back: once each, not per poll."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    def down(self, reason: object) -> None:
+        if self.since is None:
+            self.since = time.time()
+            started = datetime.fromtimestamp(self.since, UTC).isoformat(timespec="seconds")
+            log.error("%s unreachable since %s: %s", self.what, started, reason)
+
+    def up(self) -> None:
+        if self.since is not None:
+            log.warning("%s reachable again after %.0f s", self.what, time.time() - self.since)
+            self.since = None
+
+
+class Backoff:
+    """Doubling delays, reset on success."""
+
+    def __init__(self, first_s: float = BACKOFF_FIRST_S, max_s: float = BACKOFF_MAX_S) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self.next_s = first_s
+
+    def delay(self) -> float:
+        current = self.next_s
+        self.next_s = min(self.next_s * 2, self.max_s)
+        return current
+
+    def reset(self) -> None:
+        self.next_s = self.first_s
+
+
+def raw_text(value: bytes | None) -> str:
+    """A payload as the reject archive stores it: the text if UTF-8, else base64 with a prefix."""
+    value = value or b""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(value).decode("ascii")
+
+
+def reject_for(value: bytes | None, error: MessageError, received_ns: int) -> dict:
+    """The archive's reject document, shaped exactly as the coincidence worker's."""
+    from .tasks.coincidence import reject_document  # imports the Celery app: not at CLI start
+
+    return reject_document(raw_text(value), error, received_ns)
+
+
+def _hop_format(message: confluent_kafka.Message) -> str | None:
+    for key, value in message.headers() or ():
+        if key == "_format":
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def task_for(message: Message, received_ns: int) -> tuple[str, dict]:
+    """The task and its document for a valid message; storage documents get the receive time."""
+    task = TASK_FOR_TIER[message.tier]
+    document = message.to_dict()
+    if task != COINCIDENCE_TASK:
+        document["received_time_utc"] = format_time_ns(received_ns)
+    return task, document
+
+
+class Ingest:
+    """The read-decode-enqueue-commit loop; `stop()` ends it after the current message."""
+
+    def __init__(self, settings: Settings, consumer_factory: SourceFactory, send: Send) -> None:
+        self.processor = Processor(settings)
+        self.consumer_factory = consumer_factory
+        self.send = send
+        self.state = redis.Redis.from_url(settings.state_redis_url, socket_timeout=2,
+                                          socket_connect_timeout=2)
+        self.broker = Outage("observation broker")
+        self.celery_broker = Outage("Celery broker")
+        self.state_redis = Outage("state Redis (ingest liveness)")
+        self._stopping = threading.Event()
+        self._connection_trouble = False
+        self._read_error: str | None = None  # the last one logged, until a message is read
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        """Open the source (retrying while the broker is down) and consume until stopped."""
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            try:
+                source = self.consumer_factory(self._on_kafka_error)
+            except SourceUnavailable as error:
+                self.broker.down(error)
+                self._stopping.wait(backoff.delay())
+                continue
+            self.broker.up()
+            try:
+                self._consume(source)
+            finally:
+                source.close()
+        self.state.close()
+
+    def _on_kafka_error(self, error: confluent_kafka.KafkaError) -> None:
+        """Runs inside poll(); connection errors are judged by a probe, others are logged."""
+        if error.code() in CONNECTION_ERRORS:
+            self._connection_trouble = True
+        else:
+            log.warning("Kafka client: %s", error.str())
+
+    def _consume(self, source: Source) -> None:
+        probe_backoff = Backoff()
+        next_probe = 0.0
+        while not self._stopping.is_set():
+            message = source.poll(POLL_TIMEOUT_S)
+            counts: dict[str, int] = {}
+            if message is not None and message.error() is None:
+                self.broker.up()
+                self._connection_trouble = False
+                self._read_error = None
+                counts = self._handle(source, message)
+            elif message is not None:
+                self._on_read_error(message.error())
+            self._report(counts)
+            if (self._connection_trouble or self.broker.active) and time.monotonic() >= next_probe:
+                try:
+                    source.probe()
+                except SourceUnavailable as error:
+                    self.broker.down(error)
+                    next_probe = time.monotonic() + probe_backoff.delay()
+                else:
+                    self.broker.up()
+                    self._connection_trouble = False
+                    probe_backoff.reset()
+
+    def _on_read_error(self, error: confluent_kafka.KafkaError) -> None:
+        """Logged once until a message is read again; the probe checks the topic meanwhile."""
+        self._connection_trouble = True
+        if error.str() != self._read_error:
+            self._read_error = error.str()
+            log.warning("reading the observation topic: %s", error.str())
+
+    def _parse(self, message: confluent_kafka.Message) -> Message:
+        """Any failure to decode is a reject: a message that crashed the ingest would be read
+        again after every restart and block everything behind it."""
+        hop_format = _hop_format(message)
+        if hop_format not in OBSERVATION_FORMATS:
+            raise MessageError("format", f"hop message format {hop_format!r} does not carry "
+                                         "an observation message (expected blob or json)")
+        try:
+            return self.processor.parse(message.value() or b"")
+        except MessageError:
+            raise
+        except Exception as error:
+            log.exception("decoding the message at offset %d failed", message.offset())
+            raise MessageError(None, f"internal error while decoding: {error!r}") from error
+
+    def _handle(self, source: Source, message: confluent_kafka.Message) -> dict[str, int]:
+        received_ns = time.time_ns()
+        try:
+            parsed = self._parse(message)
+        except MessageError as error:
+            log.warning("rejected message at %s offset %d: %s", message.topic(), message.offset(),
+                        error)
+            task = REJECT_TASK
+            document = reject_for(message.value(), error, received_ns)
+            counter = REJECTED_KEY
+        else:
+            task, document = task_for(parsed, received_ns)
+            counter = ENQUEUED_KEY
+            log.info("%s from %s (uuid %s) -> %s", parsed.tier.value, parsed.detector_name,
+                     parsed.uuid, task)
+        if not self._enqueue(task, document):
+            return {}  # stopping: not committed, so it is read again after the restart
+        source.done(message)
+        return {RECEIVED_KEY: 1, counter: 1}
+
+    def _enqueue(self, task: str, document: dict) -> bool:
+        """Send until the broker takes it; False only if asked to stop meanwhile."""
+        backoff = Backoff()
+        while True:
+            try:
+                self.send(task, document)
+            except ENQUEUE_ERRORS as error:
+                self.celery_broker.down(f"{type(error).__name__}: {error}")
+                if self._stopping.wait(backoff.delay()):
+                    return False
+            else:
+                self.celery_broker.up()
+                return True
+
+    def _report(self, counts: dict[str, int]) -> None:
+        """Liveness is best effort: ingest must go on while only this Redis is away."""
+        try:
+            with self.state.pipeline(transaction=False) as pipe:
+                pipe.set(LAST_POLL_KEY, repr(time.time()))
+                for key, amount in counts.items():
+                    pipe.incrby(key, amount)
+                pipe.execute()
+        except redis.RedisError as error:
+            self.state_redis.down(f"{type(error).__name__}: {error}")
+        else:
+            self.state_redis.up()
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "ingest",
+        help="read the observation topic and enqueue one task per message",
+        description=(
+            "Consume the observation topic (SNEWS_KAFKA_URL/SNEWS_OBSERVATION_TOPIC) as consumer "
+            "group snews-tasks-ingest-<mode> and enqueue one Celery task per message: "
+            "CoincidenceTier and Retraction to the coincidence queue, the other tiers and "
+            "rejects to the storage queue. Offsets are committed only after the enqueue. "
+            "Runs until SIGTERM or Ctrl-C."
+        ),
+    )
+    parser.add_argument("--start-at", choices=("latest", "earliest"), default="latest",
+                        help="where a consumer group without committed offsets starts "
+                             "(default: latest, so a first start does not replay the "
+                             "topic's retention)")
+    parser.set_defaults(handler=run)
+
+
+def celery_sender(settings: Settings) -> Send:
+    """`send_task` on the Celery app, which must be configured like this process."""
+    from . import celery_app
+
+    if celery_app.settings != settings:
+        raise SystemExit(f"snews-tasks: the Celery app reads mode {celery_app.settings.mode!r} "
+                         f"from SNEWS_MODE, this command runs in mode {settings.mode!r}; "
+                         "set SNEWS_MODE instead of --mode")
+
+    def send(task: str, document: dict) -> None:
+        # No result backend round trip: after one failed backend reconnect Celery refuses to
+        # send for good ("the Celery application must be restarted").
+        celery_app.app.send_task(task, args=[document], ignore_result=True)
+
+    return send
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    send = celery_sender(settings)
+    group_id = f"snews-tasks-ingest-{settings.mode}"
+
+    def open_source(on_error: ErrorCallback) -> KafkaSource:
+        return KafkaSource(settings, group_id=group_id, start_at=args.start_at, on_error=on_error)
+
+    ingest = Ingest(settings, open_source, send)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: ingest.stop())
+    log.info("ingest: %s/%s as group %s -> Celery broker", settings.kafka_url,
+             settings.observation_topic, group_id)
+    ingest.run()
+    log.info("ingest stopped")
+    return 0

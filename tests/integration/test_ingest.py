@@ -1,0 +1,374 @@
+"""`snews-tasks ingest` as a subprocess against a real Kafka-protocol topic and a real Redis broker.
+
+The Celery queues are read straight from the broker Redis (kombu's lists), so
+the assertions see exactly what a worker would be handed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import date
+from pathlib import Path
+
+import confluent_kafka
+import pytest
+import redis
+from hop.io import Stream
+from hop.models import Blob, JSONBlob
+from snews_pt.messages import Publisher
+
+from snews_tasks import localstack
+from snews_tasks.ingest import ENQUEUED_KEY, LAST_POLL_KEY, RECEIVED_KEY, REJECTED_KEY
+from snews_tasks.messages import format_time_ns, parse_time_ns
+from snews_tasks.settings import KNOWN_DETECTORS, load_settings
+from snews_tasks.tasks import canary
+from snews_tasks.tasks.canary import check_canary, send_canary
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_S = 30.0  # only a hang or a lost message reaches it
+GROUP_ID = "snews-tasks-ingest-test"
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLINE_S) -> None:
+    localstack.wait_until(lambda: bool(predicate()), timeout, what)
+
+
+class IngestProcess:
+    """One `snews-tasks ingest` subprocess; its log is kept for assertions."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "snews_tasks.cli", "ingest"], env=env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=log_path.parent)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        """SIGTERM, as docker and `up` stop it; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"ingest ignored SIGTERM\n{self.log()}") from None
+
+
+class Harness:
+    """Topic, broker and state Redis for one test, and the ingest processes it started."""
+
+    def __init__(self, kafka: localstack.Service, broker_url: str, state_url: str,
+                 tmp_path: Path) -> None:
+        self.kafka = kafka
+        self.topic = f"observations-{uuid.uuid4().hex[:8]}"
+        self.broker = redis.Redis.from_url(broker_url)
+        self.state = redis.Redis.from_url(state_url)
+        self.log_path = tmp_path / "ingest.log"
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SNEWS_")}
+        self.env = {**environ, "SNEWS_MODE": "test", "SNEWS_BROKER_URL": broker_url,
+                    "SNEWS_RESULT_BACKEND": broker_url, "SNEWS_STATE_REDIS_URL": state_url,
+                    "SNEWS_KAFKA_URL": kafka.url, "SNEWS_OBSERVATION_TOPIC": self.topic}
+        self.processes: list[IngestProcess] = []
+        localstack.create_topics(kafka.address, [self.topic])
+
+    def start_ingest(self, *, wait_for_poll: bool = True) -> IngestProcess:
+        """Start one; by default wait for its first poll, after which every publish is read."""
+        self.state.delete(LAST_POLL_KEY)
+        ingest = IngestProcess(self.env, self.log_path)
+        self.processes.append(ingest)
+        if wait_for_poll:
+            wait_for(lambda: self.state.get(LAST_POLL_KEY) or ingest.process.poll() is not None,
+                     "the ingest's first poll")
+            assert ingest.process.poll() is None, ingest.log()
+        return ingest
+
+    def publish(self, *messages: object) -> None:
+        """hop's writer: dicts as JSONBlob, bytes as Blob (what snews-pt wraps its pickle in)."""
+        writer = Stream(auth=False).open(f"{self.kafka.url}/{self.topic}", "w",
+                                         automatic_offload=False)
+        with writer:
+            for message in messages:
+                writer.write(JSONBlob(content=message) if isinstance(message, dict)
+                             else Blob(content=message))
+
+    def counter(self, key: str) -> int:
+        return int(self.state.get(key) or 0)
+
+    def wait_received(self, count: int) -> None:
+        wait_for(lambda: self.counter(RECEIVED_KEY) >= count,
+                 f"{count} messages through the ingest ({self.log_path.read_text()})")
+
+    def tasks(self, queue: str) -> list[tuple[str, dict]]:
+        """(task name, document) in the order a worker would take them."""
+        found = []
+        for raw in reversed(self.broker.lrange(queue, 0, -1)):
+            envelope = json.loads(raw)
+            args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+            found.append((envelope["headers"]["task"], args[0]))
+        return found
+
+    def committed_offset(self) -> int:
+        consumer = confluent_kafka.Consumer({"bootstrap.servers": self.kafka.address,
+                                             "group.id": GROUP_ID})
+        try:
+            [partition] = consumer.committed([confluent_kafka.TopicPartition(self.topic, 0)],
+                                             timeout=10)
+            return partition.offset
+        finally:
+            consumer.close()
+
+    def stop_all(self) -> None:
+        for ingest in self.processes:
+            ingest.stop()
+
+
+@pytest.fixture
+def harness_factory(new_redis_url: Callable[[], str], tmp_path: Path
+                    ) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(kafka: localstack.Service, broker_url: str | None = None) -> Harness:
+        harness = Harness(kafka, broker_url or new_redis_url(), new_redis_url(), tmp_path)
+        made.append(harness)
+        return harness
+
+    try:
+        yield make
+    finally:
+        for harness in made:
+            harness.stop_all()
+
+
+def now_utc(offset_s: float = 0.0) -> str:
+    return format_time_ns(time.time_ns() + round(offset_s * 1e9))
+
+
+def coincidence(detector: str, **fields: object) -> dict:
+    return {"tier": "CoincidenceTier", "uuid": str(uuid.uuid4()), "detector_name": detector,
+            "neutrino_time_utc": now_utc(), "is_test": True, **fields}
+
+
+def test_each_message_becomes_one_task_on_its_queue(kafka_service, harness_factory) -> None:
+    harness = harness_factory(kafka_service)
+    before_start = coincidence("KamLAND")
+    harness.publish(before_start)  # a new consumer group starts at the end of the topic
+    harness.start_ingest()
+
+    json_coincidence = coincidence("IceCube", p_val=0.02, extra="kept in meta")
+    heartbeat = {"tier": "Heartbeat", "uuid": str(uuid.uuid4()), "detector_name": "JUNO",
+                 "detector_status": "ON", "sent_time_utc": now_utc()}
+    retraction = {"tier": "Retraction", "uuid": str(uuid.uuid4()), "detector_name": "IceCube",
+                  "retract_message_uuid": json_coincidence["uuid"], "is_test": True}
+    significance = {"tier": "SignificanceTier", "uuid": str(uuid.uuid4()),
+                    "detector_name": "Super-K", "p_values": [0.5, 0.01], "t_bin_width_sec": 1}
+    unknown_detector = coincidence("Kamiokande")
+    harness.publish(json_coincidence, heartbeat, retraction, significance, unknown_detector,
+                    b"\x00\x01 not a message", pickle.dumps(date(2026, 1, 1)))
+    pt_time = now_utc(-3)
+    publisher = Publisher(f"{kafka_service.url}/{harness.topic}", auth=False)
+    publisher.add_message({"detector_name": "KM3NeT", "neutrino_time_utc": pt_time,
+                           "p_val": 0.07, "is_test": True})
+    publisher.send()
+
+    harness.wait_received(8)
+    coincidence_tasks = harness.tasks("coincidence")
+    storage_tasks = harness.tasks("storage")
+
+    assert [task for task, _ in coincidence_tasks] == ["snews.coincidence.process"] * 3
+    first, second, pt = (document for _, document in coincidence_tasks)
+    assert first == {**{k: v for k, v in json_coincidence.items() if k != "extra"},
+                     "is_firedrill": False, "is_pre_sn": False, "meta": {"extra": "kept in meta"}}
+    assert (second["tier"], second["retract_message_uuid"]) == ("Retraction",
+                                                                json_coincidence["uuid"])
+    assert (pt["detector_name"], pt["neutrino_time_utc"], pt["p_val"], pt["is_test"]) == (
+        "KM3NeT", pt_time, 0.07, True)  # snews-pt's pickled model, via the restricted decoder
+    assert "received_time_utc" not in first
+
+    by_task: dict[str, list[dict]] = {}
+    for task, document in storage_tasks:
+        by_task.setdefault(task, []).append(document)
+    assert sorted(by_task) == ["snews.storage.store_heartbeat",
+                               "snews.storage.store_observation", "snews.storage.store_reject"]
+    [stored_heartbeat] = by_task["snews.storage.store_heartbeat"]
+    assert (stored_heartbeat["uuid"], stored_heartbeat["detector_status"]) == (
+        heartbeat["uuid"], "ON")
+    assert stored_heartbeat["received_time_utc"].endswith("Z")
+    [stored_significance] = by_task["snews.storage.store_observation"]
+    assert (stored_significance["uuid"], stored_significance["p_values"]) == (
+        significance["uuid"], [0.5, 0.01])
+    assert "received_time_utc" in stored_significance
+
+    rejects = by_task["snews.storage.store_reject"]
+    assert [r["field"] for r in rejects] == ["detector_name", "payload", "payload"]
+    assert "Kamiokande" in rejects[0]["reason"] and unknown_detector["uuid"] in rejects[0]["raw"]
+    assert rejects[1]["raw"] == "\x00\x01 not a message"
+    assert rejects[2]["raw"].startswith("base64:")
+    assert "datetime" in rejects[2]["reason"]  # the refused pickle global is named
+    assert len({r["reject_id"] for r in rejects}) == 3
+
+    all_documents = json.dumps([coincidence_tasks, storage_tasks])
+    assert before_start["uuid"] not in all_documents
+    assert (harness.counter(ENQUEUED_KEY), harness.counter(REJECTED_KEY)) == (5, 3)
+
+
+def test_restart_continues_after_the_committed_offset(kafka_service, harness_factory) -> None:
+    harness = harness_factory(kafka_service)
+    ingest = harness.start_ingest()
+    early = [coincidence(detector) for detector in ("IceCube", "JUNO", "Super-K")]
+    harness.publish(*early)
+    harness.wait_received(3)
+    assert ingest.stop() == 0
+    assert harness.committed_offset() == 3  # committed on SIGTERM, not only by the timer
+
+    late = [coincidence(detector) for detector in ("KamLAND", "LVD")]
+    harness.publish(*late)
+    harness.start_ingest()
+    harness.wait_received(5)
+    harness.publish(coincidence("NOvA"))  # a sentinel: everything before it has been read
+    harness.wait_received(6)
+
+    uuids = [document["uuid"] for _, document in harness.tasks("coincidence")]
+    assert uuids[:5] == [m["uuid"] for m in early + late]
+    assert len(uuids) == 6
+
+
+def test_celery_broker_outage_holds_the_offset_until_the_enqueue(
+        kafka_service, harness_factory, tmp_path) -> None:
+    broker_dir = tmp_path / "broker"
+    broker = localstack.start_redis(data_dir=broker_dir, appendonly=True)
+    try:
+        harness = harness_factory(kafka_service, broker.url)
+        ingest = harness.start_ingest()
+        before, during = coincidence("IceCube"), coincidence("JUNO")
+        harness.publish(before)
+        harness.wait_received(1)
+
+        port = broker.port
+        broker.stop()
+        harness.publish(during)
+        outage_logged = "Celery broker unreachable since"
+        wait_for(lambda: outage_logged in ingest.log(), "the ingest noticing the broker outage")
+        # Stopped while the enqueue fails: it exits, and its final commit leaves `during` out.
+        assert ingest.stop() == 0
+        assert harness.committed_offset() == 1
+
+        ingest = harness.start_ingest(wait_for_poll=False)
+        wait_for(lambda: ingest.log().count(outage_logged) == 2, "the new ingest retrying")
+        broker = localstack.start_redis(port, data_dir=broker_dir, appendonly=True)
+        harness.wait_received(2)
+        assert ingest.stop() == 0
+        assert harness.committed_offset() == 2
+        assert [d["uuid"] for _, d in harness.tasks("coincidence")] == [before["uuid"],
+                                                                       during["uuid"]]
+        log = ingest.log()
+        assert log.count(outage_logged) == 2  # once per process, not once per attempt
+        assert log.count("Celery broker reachable again") == 1
+    finally:
+        broker.stop()
+
+
+def test_observation_broker_outage_resumes_without_restart(harness_factory, tmp_path) -> None:
+    data_dir = tmp_path / "noida"
+    kafka = localstack.start_kafka(engine="noida", data_dir=data_dir)
+    try:
+        harness = harness_factory(kafka)
+        ingest = harness.start_ingest()
+        before, during_restart = coincidence("IceCube"), coincidence("JUNO")
+        harness.publish(before)
+        harness.wait_received(1)
+
+        port = kafka.port
+        kafka.stop()
+        wait_for(lambda: "observation broker unreachable since" in ingest.log(),
+                 "the ingest noticing the broker outage")
+        # It keeps polling (the liveness key moves) and logs the outage only once.
+        polled = harness.state.get(LAST_POLL_KEY)
+        wait_for(lambda: harness.state.get(LAST_POLL_KEY) != polled, "a poll during the outage")
+
+        kafka = localstack.start_kafka(port, engine="noida", data_dir=data_dir)
+        harness.publish(during_restart)
+        harness.wait_received(2)
+        assert ingest.process.poll() is None
+        assert [d["uuid"] for _, d in harness.tasks("coincidence")] == [
+            before["uuid"], during_restart["uuid"]]
+        log = ingest.log()
+        assert log.count("observation broker unreachable since") == 1
+        assert log.count("observation broker reachable again") == 1
+    finally:
+        kafka.stop()
+
+
+def run_cli(harness: Harness, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snews_tasks.cli", *args], env=harness.env,
+                          cwd=harness.log_path.parent, capture_output=True, text=True,
+                          timeout=DEADLINE_S)
+
+
+def test_publish_examples_arrive_as_test_observations(kafka_service, harness_factory,
+                                                       tmp_path) -> None:
+    harness = harness_factory(kafka_service)
+    harness.start_ingest()
+    live_file = tmp_path / "live.jsonl"
+    live_file.write_text(json.dumps(coincidence("IceCube", is_test=False)) + "\n")
+    refused = run_cli(harness, "publish", "--file", str(live_file), "--live")
+    assert refused.returncode != 0 and "--confirm-live" in refused.stderr
+
+    three = run_cli(harness, "publish", "--example", "three-detector")
+    burst = run_cli(harness, "publish", "--example", "burst20", "--format", "pickle")
+    assert (three.returncode, burst.returncode) == (0, 0), three.stderr + burst.stderr
+    assert sum(line.startswith("sent ") for line in three.stdout.splitlines()) == 3
+
+    harness.wait_received(23)
+    documents = [document for _, document in harness.tasks("coincidence")]
+    assert all(d["is_test"] is True for d in documents)
+    assert all(d["uuid"] in three.stdout for d in documents[:3])
+    times = [parse_time_ns(d["neutrino_time_utc"], "t") for d in documents]
+    assert [times[1] - times[0], times[2] - times[1]] == [9 * 10**9, 2 * 10**9]
+    burst_documents = documents[3:]
+    assert sorted(d["detector_name"] for d in burst_documents) == sorted(KNOWN_DETECTORS)
+    assert max(times[3:]) - min(times[3:]) <= 5 * 10**9
+    assert harness.counter(REJECTED_KEY) == 0  # the pickles passed the restricted decoder
+
+
+def test_canary_goes_through_the_ingest_and_its_alert_is_recognised(
+        kafka_service, harness_factory) -> None:
+    harness = harness_factory(kafka_service)
+    harness.env["SNEWS_TEST_ALERT_TOPIC"] = f"test-alerts-{uuid.uuid4().hex[:8]}"
+    localstack.create_topics(kafka_service.address, [harness.env["SNEWS_TEST_ALERT_TOPIC"]])
+    settings = load_settings(environ=harness.env)
+    state = redis.Redis.from_url(harness.env["SNEWS_STATE_REDIS_URL"], decode_responses=True)
+    harness.start_ingest()
+
+    uuids = send_canary(settings, state)
+    harness.wait_received(2)
+    pair = [document for _, document in harness.tasks("coincidence")]
+    assert [d["uuid"] for d in pair] == uuids
+    assert all(d["meta"]["canary"] is True and d["is_test"] is True for d in pair)
+    assert json.loads(state.get(canary.SENT_KEY))["uuids"] == uuids
+    assert check_canary(settings, state) == 0  # no alert yet: still pending
+    assert state.get(canary.LAST_OK_KEY) is None
+
+    writer = Stream(auth=False).open(f"{kafka_service.url}/{settings.test_alert_topic}", "w",
+                                     automatic_offload=False)
+    with writer:
+        writer.write(JSONBlob(content={"alert_id": "other", "observation_uuids": [uuids[0]]}))
+        writer.write(JSONBlob(content={"alert_id": "canary",
+                                       "observation_uuids": ["someone-else", *uuids]}))
+    assert check_canary(settings, state) == 1
+    assert state.hlen(canary.PENDING_KEY) == 0
+    assert float(state.get(canary.LAST_OK_KEY)) > json.loads(state.get(canary.SENT_KEY))["time"]
