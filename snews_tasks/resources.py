@@ -32,6 +32,8 @@ def _forget_inherited(**_: Any) -> None:
 def close_all(**_: Any) -> None:
     while _open:
         name, client = _open.popitem()
+        if client is None:  # an optional service that is not configured (no Slack token)
+            continue
         try:
             client.close()
         except Exception:  # closing is best effort; the process is going away
