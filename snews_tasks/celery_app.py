@@ -27,6 +27,7 @@ ROUTES = {
 }
 
 settings = load_settings()
+CANARY_CHECK_S = min(60.0, settings.canary_interval_s)
 
 app = Celery(
     "snews_tasks",
@@ -68,8 +69,9 @@ app.conf.update(
                          "options": {"expires": 15.0}},
         "canary-send": {"task": "snews.canary.send", "schedule": settings.canary_interval_s,
                         "options": {"expires": settings.canary_interval_s}},
-        "canary-check": {"task": "snews.canary.check", "schedule": settings.canary_interval_s,
-                         "options": {"expires": settings.canary_interval_s}},
+        # Checked more often than sent, so a returned canary shows within a minute.
+        "canary-check": {"task": "snews.canary.check", "schedule": CANARY_CHECK_S,
+                         "options": {"expires": CANARY_CHECK_S}},
     },
 )
 
@@ -97,3 +99,9 @@ def _configure_coincidence_worker(conf: Any = None, options: Any = None, **_: An
             raise SystemExit("the coincidence queue must have a worker of its own (-Q coincidence)")
         conf.broker_transport_options = {**conf.broker_transport_options,
                                          **COINCIDENCE_TRANSPORT_OPTIONS}
+
+
+@signals.beat_init.connect
+def _first_canary_at_start(sender: Any = None, **_: Any) -> None:
+    """An interval schedule first fires one interval after beat starts; the canary need not wait."""
+    app.send_task("snews.canary.send", ignore_result=True)

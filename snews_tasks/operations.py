@@ -178,13 +178,25 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.healthy else 1
 
 
+def canary_health(*, last_ok: float | None, sent: float | None, now: float,
+                  limit_s: float) -> tuple[bool, str]:
+    """The canary's verdict; a fresh stack's first canary gets `limit_s` to come back."""
+    if last_ok is not None:
+        age = now - last_ok
+        return age <= limit_s, f"last canary alert {age:.0f} s ago (limit {limit_s:g} s)"
+    if sent is None:
+        return False, "no canary has been sent: is beat running?"
+    if now - sent <= limit_s:
+        return True, f"first canary sent {now - sent:.0f} s ago, its alert not seen yet"
+    return False, f"a canary sent {now - sent:.0f} s ago never came back"
+
+
 def build_status(app: Any, settings: Settings, *, timeout: float) -> Report:
     report = Report()
     broker = redis.Redis.from_url(settings.broker_url, socket_timeout=timeout,
                                   decode_responses=True)
     state = redis.Redis.from_url(settings.state_redis_url, socket_timeout=timeout,
                                  decode_responses=True)
-    now = time.time()
 
     report.add("broker", lambda: (bool(broker.ping()), redact(settings.broker_url), None))
     report.add("state redis", lambda: (bool(state.ping()), redact(settings.state_redis_url),
@@ -214,18 +226,14 @@ def build_status(app: Any, settings: Settings, *, timeout: float) -> Report:
 
     report.add("queue depths", depths)
 
-    def recent(key: str, limit_s: float, never: str, what: str) -> Callable[[], tuple]:
-        """A check that a heartbeat-like timestamp key in the state Redis is fresh."""
-        def check() -> tuple[bool, str, Any]:
-            last = state.get(key)
-            if last is None:
-                return False, never, None
-            age = now - float(last)
-            return age <= limit_s, f"{what} {age:.1f} s ago (limit {limit_s:g} s)", age
-        return check
+    def ingest() -> tuple[bool, str, Any]:
+        last = state.get("snews:ingest:last_poll")
+        if last is None:
+            return False, "no ingest has polled the observation topic", None
+        age = time.time() - float(last)
+        return age <= INGEST_STALE_S, f"last poll {age:.1f} s ago (limit {INGEST_STALE_S:g} s)", age
 
-    report.add("ingest", recent("snews:ingest:last_poll", INGEST_STALE_S,
-                                "no ingest has polled the observation topic", "last poll"))
+    report.add("ingest", ingest)
 
     def failures() -> tuple[bool, str, Any]:
         from .tasks.delivery import open_failure_log
@@ -239,6 +247,7 @@ def build_status(app: Any, settings: Settings, *, timeout: float) -> Report:
     def detectors() -> tuple[bool, str, Any]:
         window = settings.detector_online_window_s
         seen = {d: json.loads(v) for d, v in state.hgetall("snews:detectors").items()}
+        now = time.time()
         rows = {d: {"status": hb["status"], "last_heartbeat_s_ago": round(now - hb["seen_ns"] / 1e9)}
                 for d, hb in sorted(seen.items())}
         online = [d for d, r in rows.items()
@@ -264,6 +273,13 @@ def build_status(app: Any, settings: Settings, *, timeout: float) -> Report:
 
     report.add("last alert", last_alert)
 
-    report.add("canary", recent("snews:canary:last_ok", 2 * settings.canary_interval_s,
-                                "no canary alert has come back yet", "last canary alert"))
+    def canary() -> tuple[bool, str, Any]:
+        last_ok, sent = state.get("snews:canary:last_ok"), state.get("snews:canary:sent")
+        ok, detail = canary_health(
+            last_ok=None if last_ok is None else float(last_ok),
+            sent=None if sent is None else json.loads(sent)["time"],
+            now=time.time(), limit_s=2 * settings.canary_interval_s)
+        return ok, detail, None
+
+    report.add("canary", canary)
     return report

@@ -53,10 +53,12 @@ def canary_pair(detectors: tuple[str, ...], now_ns: int) -> list[dict]:
 
 def send_canary(settings: Settings, client: redis.Redis, *, now_ns: int | None = None
                 ) -> list[str]:
-    """Publish a canary pair and remember it; returns its uuids. `client` decodes responses."""
+    """Remember a canary pair, then publish it; returns its uuids. `client` decodes responses.
+
+    Pending before published: a check running meanwhile must never read the alert first.
+    """
     now_ns = time.time_ns() if now_ns is None else now_ns
     pair = canary_pair(settings.detectors, now_ns)
-    publish_observations(settings, pair)
     uuids = [message["uuid"] for message in pair]
     sent_at = now_ns / NS_PER_S
     forget_before = sent_at - PENDING_INTERVALS * settings.canary_interval_s
@@ -68,6 +70,7 @@ def send_canary(settings: Settings, client: redis.Redis, *, now_ns: int | None =
         if stale:
             pipe.hdel(PENDING_KEY, *stale)
         pipe.execute()
+    publish_observations(settings, pair)
     return uuids
 
 
@@ -94,8 +97,14 @@ def read_test_alerts(settings: Settings) -> Iterator[dict]:
 
 
 def check_canary(settings: Settings, client: redis.Redis) -> int:
-    """Mark canaries whose alert has appeared; returns how many were found."""
-    found = answered(client.hkeys(PENDING_KEY), read_test_alerts(settings))
+    """Mark canaries whose alert has appeared; returns how many were found.
+
+    The alerts are read (and their offsets committed) before the pending canaries: the
+    other order misses a canary sent while the reader is open, whose alert is then
+    committed unmatched and never read again.
+    """
+    alerts = list(read_test_alerts(settings))
+    found = answered(client.hkeys(PENDING_KEY), alerts)
     if found:
         with client.pipeline() as pipe:
             pipe.hdel(PENDING_KEY, *found)
