@@ -9,6 +9,7 @@ Queues and what consumes them:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, signals
@@ -103,5 +104,11 @@ def _configure_coincidence_worker(conf: Any = None, options: Any = None, **_: An
 
 @signals.beat_init.connect
 def _first_canary_at_start(sender: Any = None, **_: Any) -> None:
-    """An interval schedule first fires one interval after beat starts; the canary need not wait."""
-    app.send_task("snews.canary.send", ignore_result=True)
+    """An interval schedule first fires one interval after beat starts; the canary need not wait.
+
+    Best effort: with the broker down, beat must still start (its schedule sends later).
+    """
+    try:
+        app.send_task("snews.canary.send", ignore_result=True, retry=False)
+    except Exception:
+        logging.getLogger(__name__).warning("first canary not sent at beat start", exc_info=True)
