@@ -13,6 +13,10 @@ in [c - T, c] and can only alter the maximality of windows starting in
 whether a window starting at s is maximal needs the observations in
 [s - T, s + T]. So for changed times in [lo, hi], every sublist that can
 change starts in [lo - T, hi + T], and reading [lo - 2T, hi + 2T] is enough.
+A coincidence that stops being maximal is withdrawn into the sublist that now
+holds what is left of it; that one may start up to T earlier still, so the
+step compares the sublists starting in [lo - 2T, hi + T] and reads
+[lo - 3T, hi + 2T].
 """
 
 from __future__ import annotations
@@ -329,11 +333,12 @@ class CoincidenceEngine:
         changed = [o.t_ns for o in removed + added]
         lo, hi = min(changed), max(changed)
         removed_uuids = {o.uuid for o in removed}
-        nearby = [o for o in view.observations_between(namespace, lo - 2 * T, hi + 2 * T)
+        nearby = [o for o in view.observations_between(namespace, lo - 3 * T, hi + 2 * T)
                   if o.uuid not in removed_uuids]
         cache = sorted(nearby + added, key=_order)
-        new_sublists = [w for w in maximal_windows(cache, T, lo - T, hi + T) if is_coincidence(w)]
-        old = sorted(view.coincidences_starting_between(namespace, lo - T, hi + T),
+        new_sublists = [w for w in maximal_windows(cache, T, lo - 2 * T, hi + T)
+                        if is_coincidence(w)]
+        old = sorted(view.coincidences_starting_between(namespace, lo - 2 * T, hi + T),
                      key=lambda c: c.created)
 
         # A superseding observation stands in for what it replaced when matching identities.

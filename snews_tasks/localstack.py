@@ -164,9 +164,19 @@ def _launch(name: str, work_dir: Path, command: list[str], port: int, url: str,
     return service
 
 
+APPENDFSYNC_POLICIES = ("always", "everysec", "no")
+
+
 def start_redis(port: int | None = None, *, data_dir: Path | None = None,
-                appendonly: bool = False) -> Service:
-    """redis-server in the foreground so we own its PID; AOF in `data_dir` survives restarts."""
+                appendonly: bool = False, appendfsync: str | None = None) -> Service:
+    """redis-server in the foreground so we own its PID; AOF in `data_dir` survives restarts.
+
+    `appendfsync` "always" is the production shape (docker-compose.yml): a crash loses no
+    acknowledged write. None keeps redis-server's default (everysec).
+    """
+    if appendfsync is not None and appendfsync not in APPENDFSYNC_POLICIES:
+        raise ValueError(f"appendfsync: must be one of {', '.join(APPENDFSYNC_POLICIES)}, "
+                         f"got {appendfsync!r}")
     port = port or free_port()
     url = f"redis://{HOST}:{port}/0"
     work_dir = _make_work_dir("redis")
@@ -175,6 +185,8 @@ def start_redis(port: int | None = None, *, data_dir: Path | None = None,
     command = [_executable("redis-server"), "--bind", HOST, "--port", str(port),
                "--daemonize", "no", "--save", "", "--dir", str(redis_dir),
                "--appendonly", "yes" if appendonly else "no"]
+    if appendfsync is not None:
+        command += ["--appendfsync", appendfsync]
 
     def probe() -> bool:
         with redis.Redis.from_url(url, socket_timeout=1) as client:

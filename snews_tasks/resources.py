@@ -28,7 +28,8 @@ def _forget_inherited(**_: Any) -> None:
     _open.clear()
 
 
-@signals.worker_process_shutdown.connect
+@signals.worker_process_shutdown.connect  # a prefork pool's child
+@signals.worker_shutdown.connect  # the solo pool's one process (the coincidence worker)
 def close_all(**_: Any) -> None:
     while _open:
         name, client = _open.popitem()

@@ -215,6 +215,12 @@ class RedisStore:
                 except redis.WatchError:
                     continue
 
+    def has_observations_before(self, namespace: str, before_ns: int) -> bool:
+        """One read outside any transaction, so a writer skips expiry when nothing is due; it
+        may say yes for an observation up to a millisecond later, never no for an earlier one."""
+        return bool(self.client.zrangebyscore(self.key(namespace, "obs:t"), "-inf",
+                                              _score(before_ns + SLACK_NS), start=0, num=1))
+
     def forget_processed(self, before_ns: int) -> int:
         return self.client.zremrangebyscore(self.key("processed"), "-inf", _score(before_ns))
 

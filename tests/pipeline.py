@@ -401,3 +401,50 @@ def pipelines(kafka_service: localstack.Service, mongo_service: localstack.Servi
     finally:
         for pipeline in made:
             pipeline.close()
+
+
+# -- the ingest in front of the pipeline; what a stream left behind after faults ------------------
+
+from kombu import Connection  # noqa: E402
+from snews_tasks.ingest import LAST_POLL_KEY  # noqa: E402  (no Celery app at import)
+
+
+def start_ingest(pipeline: Pipeline) -> Worker:
+    """workers/ingest with the pipeline's settings; returns after its first poll.
+
+    The settings must name the observation topic (SNEWS_OBSERVATION_TOPIC). A
+    new consumer group starts at the end of the topic, so everything published
+    after this returns is read.
+    """
+    pipeline.state.client.delete(LAST_POLL_KEY)
+    ingest = pipeline._launch("ingest", None)
+    pipeline._checked(lambda: localstack.wait_until(
+        lambda: pipeline.state.client.exists(LAST_POLL_KEY), WORKER_READY_TIMEOUT_S,
+        "the ingest's first poll", process=ingest.process, log_path=ingest.log_path))
+    return ingest
+
+
+def applied_order(pipeline: Pipeline, messages: Iterable[Message]) -> list[Message]:
+    """Each archived message once, in the order the writer applied it.
+
+    The worker stamps `received_time_utc` when it applies a message (nine
+    fractional digits, so the text sorts like the time), and a repeat is never
+    archived again.
+    """
+    by_uuid = {m.uuid: m for m in messages}
+    documents = pipeline.archive.observations.find({}, {"uuid": True, "received_time_utc": True})
+    return [by_uuid[d["uuid"]] for d in sorted(documents, key=lambda d: d["received_time_utc"])]
+
+
+def redeliver_unacked(pipeline: Pipeline, delivered_before: float) -> int:
+    """Requeue the notification messages delivered before that unix time and never acknowledged.
+
+    kombu does this itself once a message's visibility timeout has passed, which
+    for the notify workers is an hour (celery_app); a test that cannot wait that
+    long runs kombu's own restore on them now. Returns how many it requeued.
+    """
+    tags = pipeline.broker.zrangebyscore("unacked_index", "-inf", delivered_before)
+    with Connection(pipeline.broker_url) as connection:
+        for tag in tags:
+            connection.default_channel.qos.restore_by_tag(tag.decode())
+    return len(tags)
