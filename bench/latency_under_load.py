@@ -1,0 +1,131 @@
+"""Alert latency under background load: 0, 100 and 500 observations/s.
+
+    .venv/bin/python bench/latency_under_load.py [--rates 0,100,500] [--alerts 200]
+                                                 [--coincidence-every-s 0.5]
+
+For each background rate, a fresh deployment (load.py: servers, ingest,
+coincidence and notify workers) gets the background stream plus a completing
+pair every --coincidence-every-s until --alerts alerts are due, and each
+alert's latency is measured as load.py describes: in-system (ingest receive
+to the alert record's timestamp) and wire to wire (produce to a subscriber),
+with subscribers at fetch.wait.max.ms 10 and at librdkafka's default 500,
+beside the bare broker round trip measured in the same run. Writes its section
+of RESULTS.md and bench/latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from load import (BENCH_DIR, LoadRun, command_line, deployed, depth_rows,  # noqa: E402
+                  header, markdown_table, percentile, run_load, summary, write_section)
+from pipeline import QUEUES  # noqa: E402
+
+SECTION_TITLE = "Alert latency under background load"
+FIGURE_FILE = BENCH_DIR / "latency.png"
+GOAL_P50_MS, GOAL_P99_MS, GOAL_RATE = 10.0, 50.0, 100.0
+SERIES = (  # (label, LoadRun field, plot style)
+    ("in-system", "in_system", "-"),
+    ("wire to wire, fetch wait 10 ms", "wire_fast", "-"),
+    ("wire to wire, fetch wait 500 ms", "wire_default", "-"),
+    ("broker floor, fetch wait 10 ms", "floor_fast", ":"),
+    ("broker floor, fetch wait 500 ms", "floor_default", ":"),
+)
+
+
+def table(runs: list[LoadRun]) -> str:
+    head = ["background obs/s", "alerts", "measure", "p50 ms", "p99 ms", "max ms"]
+    rows = []
+    for run in runs:
+        for label, name, _ in SERIES:
+            values = getattr(run, name)
+            rows.append([f"{run.rate:g}", str(len(run.in_system)), label, *summary(values)])
+    return markdown_table(head, rows)
+
+
+def backlog(runs: list[LoadRun]) -> str:
+    """The deepest each queue got, per rate: a growing queue explains a growing latency."""
+    rows = [[f"{run.rate:g}", *(row[-1] for row in depth_rows(run)),
+             f"{run.published / run.achieved_span_s:.0f}"] for run in runs]
+    return markdown_table(["background obs/s", *(f"max {q}" for q in QUEUES),
+                           "published/s"], rows)
+
+
+def verdict(runs: list[LoadRun]) -> str:
+    at_goal = next((run for run in runs if run.rate == GOAL_RATE), None)
+    if at_goal is None or not at_goal.in_system:
+        return f"No run at {GOAL_RATE:g} obs/s: the goal was not checked."
+    p50, p99 = percentile(at_goal.in_system, 0.5), percentile(at_goal.in_system, 0.99)
+    met = p50 < GOAL_P50_MS and p99 < GOAL_P99_MS
+    return (f"Goal at {GOAL_RATE:g} obs/s, in-system p50 < {GOAL_P50_MS:g} ms and p99 < "
+            f"{GOAL_P99_MS:g} ms: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+            f"{'met' if met else 'not met'}.")
+
+
+def plot(runs: list[LoadRun]) -> None:
+    """One panel per background rate: the distribution (ECDF) of each measure, log time axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, panels = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4.5), sharey=True,
+                                  squeeze=False)
+    for axes, run in zip(panels[0], runs, strict=True):
+        for label, name, style in SERIES:
+            values = sorted(v for v in getattr(run, name) if v > 0)
+            if values:
+                fractions = [(i + 1) / len(values) for i in range(len(values))]
+                axes.step(values, fractions, style, where="post", label=label)
+        axes.set_xscale("log")
+        axes.set_title(f"{run.rate:g} background obs/s")
+        axes.set_xlabel("latency, ms")
+        axes.grid(True, which="both", alpha=0.3)
+    panels[0][0].set_ylabel("fraction of alerts (probes for the floor)")
+    panels[0][0].legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(FIGURE_FILE, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", default="0,100,500")
+    parser.add_argument("--alerts", type=int, default=200)
+    parser.add_argument("--coincidence-every-s", type=float, default=0.5)
+    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
+    args = parser.parse_args()
+    head = header(command_line())
+    duration_s = args.alerts * args.coincidence_every_s
+    runs = []
+    for rate in (float(r) for r in args.rates.split(",")):
+        with deployed() as deployment:
+            runs.append(run_load(deployment, rate, duration_s, args.coincidence_every_s))
+        print(f"{rate:g}/s done", flush=True)
+    body = "\n".join([
+        head,
+        f"A completing pair every {args.coincidence_every_s:g} s for {duration_s:g} s per rate, "
+        "each rate on a fresh deployment.",
+        "",
+        table(runs),
+        "",
+        "Deepest queues (LLEN, sampled every second) while publishing:",
+        "",
+        backlog(runs),
+        "",
+        verdict(runs),
+        "",
+        f"![alert latency distributions]({FIGURE_FILE.name})",
+    ])
+    print(body)
+    if not args.no_write:
+        plot(runs)
+        write_section(SECTION_TITLE, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
