@@ -256,3 +256,18 @@ def test_maximal_windows_drop_proper_subsets_and_duplicate_starts():
     obs = [Observation(f"u{i}", d, s * S, "", None, i) for i, (d, s) in enumerate(points)]
     windows = maximal_windows(obs, 10 * S, -(2**62), 2**62)
     assert [[o.detector for o in w] for w in windows] == [["A", "B", "C", "D"], ["C", "D", "E"]]
+
+
+def test_a_coincidence_swallowed_by_an_earlier_one_names_it_when_withdrawn():
+    # Y = {SK@0, IC@5, JUNO@8} and X = {IC@5, JUNO@8, KL@12}; retracting KL leaves X inside Y,
+    # whose start lies more than T before the retracted time.
+    run = Run()
+    kamland = observation("KamLAND", 12)
+    run.send(observation("Super-K", 0), observation("IceCube", 5), observation("JUNO", 8),
+             kamland)
+    ids = {tuple(c_dets): c.alert_id for c, c_dets in
+           zip(run.replayer.store.coincidences(LIVE), run.detector_sets())}
+    (alert,) = run.send(retraction("KamLAND", target=kamland.uuid))
+    assert alert["alert_type"] == "RETRACTION"
+    assert alert["alert_id"] == ids[("IceCube", "JUNO", "KamLAND")]
+    assert alert["merged_into"] == ids[("Super-K", "IceCube", "JUNO")]
