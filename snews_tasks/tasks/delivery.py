@@ -61,7 +61,10 @@ def deliver(task: Any, *, kind: str, key: str, document: Mapping[str, Any],
         if delay is not None:
             log.warning("%s %s: attempt %d failed (%s), retrying in %.1f s", kind, key,
                         task.request.retries + 1, type(error).__name__, delay)
-            raise task.retry(exc=error, countdown=delay, max_retries=None) from error
+            # The policy's limit, not None: None means the task's own max_retries (Celery's
+            # default, 3), past which retry() re-raises and the failure would go unrecorded.
+            raise task.retry(exc=error, countdown=delay,
+                             max_retries=policy.max_retries) from error
         failure_log().record_failure(kind=kind, key=key, payload=document,
                                      error=f"{type(error).__name__}: {error}",
                                      attempts=task.request.retries + 1)
