@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from builders import Run, retraction
-from pipeline import (S, ClockedSlackApi, Pipeline, assert_matches_reference,  # noqa: F401
-                      live_observation, pipelines, slack, unique_alerts)
+from pipeline import (S, ClockedSlackApi, Pipeline, applied_order,  # noqa: F401
+                      assert_matches_reference, live_observation, pipelines, slack,
+                      unique_alerts)
 from snews_tasks import localstack
 from snews_tasks.failures import REDIS_KEY as FAILED_IN_REDIS
 from snews_tasks.messages import Message, Tier
@@ -176,13 +177,6 @@ def busy_stream(rng: random.Random, now_ns: int, size: int) -> list[Message]:
                                            now_ns - rng.randrange(5 * S, 245 * S),
                                            p_val=round(rng.uniform(0.001, 0.5), 4)))
     return stream
-
-
-def applied_order(pipeline: Pipeline, stream: list[Message]) -> list[Message]:
-    """The messages in the order the writer applied them, from their archived receive times."""
-    by_uuid = {m.uuid: m for m in stream}
-    documents = pipeline.archive.observations.find({}, {"uuid": True, "received_time_utc": True})
-    return [by_uuid[d["uuid"]] for d in sorted(documents, key=lambda d: d["received_time_utc"])]
 
 
 def first_occurrences(stream: list[Message]) -> list[Message]:
