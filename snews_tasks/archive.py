@@ -11,20 +11,21 @@ against SecantusDB, production against MongoDB).
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from bson.codec_options import CodecOptions
-from pymongo import ASCENDING, MongoClient
+from pymongo import ASCENDING, MongoClient, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 OBSERVATIONS = "observations"
 ALERTS = "alerts"
 REJECTED = "rejected"
 DETECTOR_STATUS = "detector_status"
 FAILED_NOTIFICATIONS = "failed_notifications"
+DUPLICATE_KEY = 11000  # MongoDB's error code
 
 # A rejected payload is kept for diagnosis, not replay; this bound keeps any
 # document far below MongoDB's 16 MB limit even after base64 expansion.
@@ -139,6 +140,22 @@ class Archive:
         """Archive an observation of any tier; True when new, False for a redelivery."""
         uuid = require_str(observation, "uuid", "observation")
         return self._insert_once(self.observations, {"uuid": uuid}, observation)
+
+    def store_observations(self, observations: Sequence[Mapping[str, Any]]) -> int:
+        """Archive many observations in one round trip; how many were new."""
+        now = utc_now()
+        updates = [UpdateOne({"uuid": require_str(o, "uuid", "observation")},
+                             {"$setOnInsert": {**o, "archived_utc": now}}, upsert=True)
+                   for o in observations]
+        if not updates:
+            return 0
+        try:
+            return self.observations.bulk_write(updates, ordered=False).upserted_count
+        except BulkWriteError as error:
+            # Concurrent redeliveries inserted some first; anything else is a real failure.
+            if any(e.get("code") != DUPLICATE_KEY for e in error.details.get("writeErrors", ())):
+                raise
+            return int(error.details.get("nUpserted", 0))
 
     def store_alert(self, alert: Mapping[str, Any]) -> bool:
         """Archive one alert revision; True when new, False for a redelivery."""

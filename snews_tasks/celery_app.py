@@ -40,6 +40,7 @@ app = Celery(
         "snews_tasks.tasks.kafka",
         "snews_tasks.tasks.slack",
         "snews_tasks.tasks.canary",
+        "snews_tasks.tasks.receipts",
     ],
 )
 app.conf.update(

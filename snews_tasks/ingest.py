@@ -1,18 +1,22 @@
-"""`snews-tasks ingest`: the observation topic into the Celery queues, one task per message.
+"""`snews-tasks ingest`: the observation topic into the Celery queues.
 
 Each message is decoded and validated here, so a bad one is rejected at the door
-and never occupies the serial coincidence worker: coincidence-tier messages and
-retractions go to the coincidence queue, heartbeats and significance/timing
-observations to the storage queue, rejects (with their raw payload) to the
-storage queue as well.
+and never occupies the serial coincidence worker. What one poll returns (one
+message when traffic is light, up to `MAX_BATCH` under load) becomes one
+coincidence task with all its CoincidenceTier messages and retractions, in
+order, plus one storage task for each heartbeat, significance or timing
+observation and each reject (with its raw payload).
 
-Delivery: a message's offset is committed (asynchronously, so the next
-message need not wait for the round trip) only after its task is in the Celery
-broker. A crash re-delivers at most the messages whose commit was in flight
-(tasks are idempotent by uuid); a message whose enqueue fails is retried until
-it succeeds or the process stops, never skipped and never committed. Offsets
-are not auto-committed: librdkafka's close then waits forever for a broker
-that is down, and SIGTERM must work during an outage.
+Delivery: every task carries a receipt id, set in the state Redis when a
+worker starts it (`tasks/receipts.py`). A poll's offsets are committed only
+once every task made from it, and from the polls before it, has started; a
+task not started `RESEND_AFTER_S` after its send while its queue is empty
+was lost between the Celery broker and a worker (a Redis crash in the moment
+kombu moves it) and is sent again. A crash of the ingest re-delivers what was
+not committed; tasks are idempotent by uuid. A send that fails is retried
+until it succeeds or the process stops, never skipped and never committed.
+Offsets are not auto-committed: librdkafka's close then waits forever for a
+broker that is down, and SIGTERM must work during an outage.
 
 Reading uses librdkafka (hop-client's own Kafka layer) with hop's URL, auth and
 message-format conventions instead of hop's `Consumer.read`, because that
@@ -36,7 +40,10 @@ import logging
 import signal
 import threading
 import time
+import uuid as uuidlib
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -49,6 +56,7 @@ from kombu.exceptions import OperationalError
 from .messages import Message, MessageError, Tier, format_time_ns
 from .processing import Processor
 from .settings import Settings
+from .store import RECEIPT_HEADER, RESEND_AFTER_S, RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,11 @@ TASK_FOR_TIER = {
 OBSERVATION_FORMATS = (None, "blob", "json")
 
 POLL_TIMEOUT_S = 0.5  # bounds how stale last_poll gets and how long a SIGTERM waits
+CONFIRM_POLL_TIMEOUT_S = 0.02  # the poll's wait while tasks await their receipts
+MAX_BATCH = 500  # messages taken from one poll: one coincidence task under load
+RECEIPT_CHECK_S = 0.02
+RECEIPT_CHECK_MAX = 200  # receipts read per check, the oldest first (they hold the commit)
+MAX_UNCONFIRMED = 100_000  # tasks sent and not started: past this, reading pauses
 FETCH_WAIT_MAX_MS = 10  # the broker answers a fetch within this long even with no data
 OPEN_TIMEOUT_S = 5.0  # also how long SIGTERM may wait while the broker is down at start
 PROBE_TIMEOUT_S = 2.0
@@ -84,16 +97,15 @@ CONNECTION_ERRORS = frozenset({
 #: The Celery broker being down: kombu wraps the connection errors, redis-py may leak through.
 ENQUEUE_ERRORS = (OperationalError, redis.RedisError, OSError)
 
-Send = Callable[[str, dict], None]
 ErrorCallback = Callable[[confluent_kafka.KafkaError], None]
 
 
 class Source(Protocol):
     """The observation topic as the loop needs it; `KafkaSource` is the real one."""
 
-    def poll(self, timeout_s: float) -> confluent_kafka.Message | None: ...
+    def poll(self, timeout_s: float) -> list[confluent_kafka.Message]: ...
 
-    def done(self, message: confluent_kafka.Message) -> None: ...
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None: ...
 
     def probe(self) -> None: ...
 
@@ -140,7 +152,7 @@ class KafkaSource:
         config = {
             "bootstrap.servers": brokers[0],
             "group.id": group_id,
-            "enable.auto.commit": False,  # `done` commits, after the enqueue
+            "enable.auto.commit": False,  # `commit`, once the tasks have started
             "on_commit": _log_failed_commit,
             "auto.offset.reset": start_at,  # only if a committed offset is out of range
             "fetch.wait.max.ms": FETCH_WAIT_MAX_MS,
@@ -187,11 +199,17 @@ class KafkaSource:
         log.info("reading %s from %s", self.topic,
                  ", ".join(f"partition {p.partition} offset {p.offset}" for p in committed))
 
-    def poll(self, timeout_s: float) -> confluent_kafka.Message | None:
-        return self._consumer.poll(timeout_s)
+    def poll(self, timeout_s: float) -> list[confluent_kafka.Message]:
+        """Waits for one message, then takes what has already arrived behind it."""
+        first = self._consumer.poll(timeout_s)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(num_messages=MAX_BATCH - 1, timeout=0)]
 
-    def done(self, message: confluent_kafka.Message) -> None:
-        self._consumer.commit(message=message, asynchronous=True)
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """`offsets` maps (topic, partition) to the last offset handled."""
+        self._consumer.commit(offsets=[confluent_kafka.TopicPartition(t, p, o + 1)
+                                       for (t, p), o in offsets.items()], asynchronous=True)
 
     def probe(self) -> None:
         """Raises SourceUnavailable unless the broker answers for the topic now."""
@@ -274,15 +292,46 @@ def task_for(message: Message, received_ns: int) -> tuple[str, dict]:
     return task, document
 
 
-class Ingest:
-    """The read-decode-enqueue-commit loop; `stop()` ends it after the current message."""
+class Broker(Protocol):
+    """The Celery broker as ingest needs it; `CeleryBroker` is the real one."""
 
-    def __init__(self, settings: Settings, consumer_factory: SourceFactory, send: Send) -> None:
+    def send(self, task: str, argument: object, headers: dict) -> None: ...
+
+    def queue_is_empty(self, task: str) -> bool: ...
+
+
+@dataclass
+class Sent:
+    """A task sent and not yet known to have started."""
+
+    receipt: str
+    task: str
+    argument: object
+    sent_at: float = field(default_factory=time.monotonic)
+    started: bool = False
+
+
+@dataclass
+class Poll:
+    """The tasks made from one poll, and the offsets they let us commit once all started."""
+
+    offsets: dict[tuple[str, int], int]
+    tasks: list[Sent]
+
+
+class Ingest:
+    """The read-decode-enqueue-commit loop; `stop()` ends it after the current poll."""
+
+    def __init__(self, settings: Settings, consumer_factory: SourceFactory,
+                 broker: Broker) -> None:
         self.processor = Processor(settings)
         self.consumer_factory = consumer_factory
-        self.send = send
+        self.celery = broker
         self.state = redis.Redis.from_url(settings.state_redis_url, socket_timeout=2,
                                           socket_connect_timeout=2)
+        self.receipts = RedisStore(self.state)
+        self.unconfirmed: deque[Poll] = deque()
+        self._next_receipt_check = 0.0
         self.broker = Outage("observation broker")
         self.celery_broker = Outage("Celery broker")
         self.state_redis = Outage("state Redis (ingest liveness)")
@@ -321,15 +370,23 @@ class Ingest:
         probe_backoff = Backoff()
         next_probe = 0.0
         while not self._stopping.is_set():
-            message = source.poll(POLL_TIMEOUT_S)
+            waiting = sum(len(p.tasks) for p in self.unconfirmed)
+            if waiting >= MAX_UNCONFIRMED:  # the workers are gone: leave the rest in Kafka
+                self._stopping.wait(POLL_TIMEOUT_S)
+                batch = []
+            else:
+                batch = source.poll(CONFIRM_POLL_TIMEOUT_S if waiting else POLL_TIMEOUT_S)
             counts: dict[str, int] = {}
-            if message is not None and message.error() is None:
+            readable = [m for m in batch if m.error() is None]
+            for message in batch:
+                if message.error() is not None:
+                    self._on_read_error(message.error())
+            if readable:
                 self.broker.up()
                 self._connection_trouble = False
                 self._read_error = None
-                counts = self._handle(source, message)
-            elif message is not None:
-                self._on_read_error(message.error())
+                counts = self._handle(readable)
+            self._confirm(source)
             self._report(counts)
             if (self._connection_trouble or self.broker.active) and time.monotonic() >= next_probe:
                 try:
@@ -364,39 +421,89 @@ class Ingest:
             log.exception("decoding the message at offset %d failed", message.offset())
             raise MessageError(None, f"internal error while decoding: {error!r}") from error
 
-    def _handle(self, source: Source, message: confluent_kafka.Message) -> dict[str, int]:
+    def _handle(self, messages: list[confluent_kafka.Message]) -> dict[str, int]:
         received_ns = time.time_ns()
-        try:
-            parsed = self._parse(message)
-        except MessageError as error:
-            log.warning("rejected message at %s offset %d: %s", message.topic(), message.offset(),
-                        error)
-            task = REJECT_TASK
-            document = reject_for(message.value(), error, received_ns)
-            counter = REJECTED_KEY
-        else:
+        tasks: list[tuple[str, object]] = []
+        coincidence: list[dict] = []
+        counts = {RECEIVED_KEY: len(messages), ENQUEUED_KEY: 0, REJECTED_KEY: 0}
+        for message in messages:
+            try:
+                parsed = self._parse(message)
+            except MessageError as error:
+                log.warning("rejected message at %s offset %d: %s", message.topic(),
+                            message.offset(), error)
+                tasks.append((REJECT_TASK, reject_for(message.value(), error, received_ns)))
+                counts[REJECTED_KEY] += 1
+                continue
             task, document = task_for(parsed, received_ns)
-            counter = ENQUEUED_KEY
+            counts[ENQUEUED_KEY] += 1
             log.info("%s from %s (uuid %s) -> %s", parsed.tier.value, parsed.detector_name,
                      parsed.uuid, task)
-        if not self._enqueue(task, document):
-            return {}  # stopping: not committed, so it is read again after the restart
-        source.done(message)
-        return {RECEIVED_KEY: 1, counter: 1}
+            if task == COINCIDENCE_TASK:
+                coincidence.append(document)
+            else:
+                tasks.append((task, document))
+        if coincidence:
+            tasks.insert(0, (COINCIDENCE_TASK, coincidence))
+        sent = [Sent(uuidlib.uuid4().hex, task, argument) for task, argument in tasks]
+        for one in sent:
+            if not self._enqueue(one):
+                return {}  # stopping: not committed, so it is read again after the restart
+        offsets = {(m.topic(), m.partition()): m.offset() for m in messages}
+        self.unconfirmed.append(Poll(offsets, sent))
+        return counts
 
-    def _enqueue(self, task: str, document: dict) -> bool:
+    def _enqueue(self, task: Sent) -> bool:
         """Send until the broker takes it; False only if asked to stop meanwhile."""
         backoff = Backoff()
         while True:
             try:
-                self.send(task, document)
+                self.celery.send(task.task, task.argument, {RECEIPT_HEADER: task.receipt})
             except ENQUEUE_ERRORS as error:
                 self.celery_broker.down(f"{type(error).__name__}: {error}")
                 if self._stopping.wait(backoff.delay()):
                     return False
             else:
                 self.celery_broker.up()
+                task.sent_at = time.monotonic()
                 return True
+
+    def _confirm(self, source: Source) -> None:
+        """Read the receipts of the oldest tasks; commit the polls whose tasks have all started
+        and send again those lost on the way."""
+        now = time.monotonic()
+        if not self.unconfirmed or now < self._next_receipt_check:
+            return
+        self._next_receipt_check = now + RECEIPT_CHECK_S
+        waiting = [t for p in self.unconfirmed for t in p.tasks if not t.started]
+        waiting = waiting[:RECEIPT_CHECK_MAX]
+        try:
+            started = self.receipts.received([t.receipt for t in waiting])
+        except redis.RedisError as error:
+            self.state_redis.down(f"{type(error).__name__}: {error}")
+            return
+        for task, done in zip(waiting, started, strict=True):
+            task.started = done
+        offsets: dict[tuple[str, int], int] = {}
+        while self.unconfirmed and all(t.started for t in self.unconfirmed[0].tasks):
+            offsets.update(self.unconfirmed.popleft().offsets)
+        if offsets:
+            source.commit(offsets)
+        for task in waiting:
+            if not task.started and now - task.sent_at >= RESEND_AFTER_S:
+                self._resend(task)
+
+    def _resend(self, task: Sent) -> None:
+        try:
+            if not self.celery.queue_is_empty(task.task):
+                task.sent_at = time.monotonic()  # still in line: look again later
+                return
+        except ENQUEUE_ERRORS as error:
+            self.celery_broker.down(f"{type(error).__name__}: {error}")
+            return
+        log.warning("%s (receipt %s) not started %.0f s after it was sent, with its queue "
+                    "empty: sending it again", task.task, task.receipt, RESEND_AFTER_S)
+        self._enqueue(task)
 
     def _report(self, counts: dict[str, int]) -> None:
         """Liveness is best effort: ingest must go on while only this Redis is away."""
@@ -433,33 +540,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def celery_sender(settings: Settings) -> Send:
+class CeleryBroker:
     """`send_task` on the Celery app, which must be configured like this process."""
-    from . import celery_app
 
-    if celery_app.settings != settings:
-        raise SystemExit(f"snews-tasks: the Celery app reads mode {celery_app.settings.mode!r} "
-                         f"from SNEWS_MODE, this command runs in mode {settings.mode!r}; "
-                         "set SNEWS_MODE instead of --mode")
+    def __init__(self, settings: Settings) -> None:
+        from . import celery_app
 
-    def send(task: str, document: dict) -> None:
+        if celery_app.settings != settings:
+            raise SystemExit(f"snews-tasks: the Celery app reads mode {celery_app.settings.mode!r} "
+                             f"from SNEWS_MODE, this command runs in mode {settings.mode!r}; "
+                             "set SNEWS_MODE instead of --mode")
+        self.app = celery_app.app
+
+    def send(self, task: str, argument: object, headers: dict) -> None:
         # No result backend round trip: after one failed backend reconnect Celery refuses to
         # send for good ("the Celery application must be restarted").
-        celery_app.app.send_task(task, args=[document], ignore_result=True)
+        self.app.send_task(task, args=[argument], headers=headers, ignore_result=True)
 
-    return send
+    def queue_is_empty(self, task: str) -> bool:
+        from .tasks.receipts import queue_is_empty
+
+        return queue_is_empty(task)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    send = celery_sender(settings)
+    broker = CeleryBroker(settings)
     group_id = f"snews-tasks-ingest-{settings.mode}"
 
     def open_source(on_error: ErrorCallback) -> KafkaSource:
         return KafkaSource(settings, group_id=group_id, start_at=args.start_at, on_error=on_error)
 
-    ingest = Ingest(settings, open_source, send)
+    ingest = Ingest(settings, open_source, broker)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: ingest.stop())
     log.info("ingest: %s/%s as group %s -> Celery broker", settings.kafka_url,

@@ -1,22 +1,26 @@
-"""The coincidence state in Redis: time indexes, atomic commits, the outbox.
+"""The coincidence state in Redis, read through the writer's in-memory copy.
 
-Every state change runs through `RedisStore.transact`: it WATCHes one version
-key, reads what the engine asks for, and commits the engine's `Changes`, the
-outbox entries and a version bump in one MULTI/EXEC. A second writer (an
-operator starting two coincidence workers) makes the loser's EXEC fail; it
-re-reads and recomputes, so the state equals that of one serial writer.
+Redis holds the state of record. The serial writer keeps a copy of it in
+process memory (a `MemoryStore`, time-bucketed like replay's), tagged with the
+Redis version it reflects, so a step reads nothing over the network. Its
+writes are applied to the copy at once and recorded as Redis commands; the
+commit is one Lua script that runs them only if the version is still the one
+the copy was loaded at, and bumps it. A second writer (an operator starting
+two coincidence workers) makes the loser's commit refuse; it reloads its copy
+from Redis and recomputes, so the state equals that of one serial writer. A
+commit whose outcome is unknown (the connection dropped) also drops the copy.
 
 Layout (P = key prefix, N = namespace live|test):
-  P:version                 bumped by every commit (the optimistic lock)
-  P:seq                     arrival counter (retract_latest_n, creation order)
-  P:processed               zset uuid -> keep-until (s): duplicates change nothing
-  P:N:obs / P:N:obs:t       hash uuid -> observation JSON / zset uuid -> neutrino time (s)
-  P:N:det:D                 zset uuid -> seq, one per detector
-  P:N:coinc / P:N:coinc:t   hash id -> coincidence JSON / zset id -> initial time (s)
-  P:outbox                  hash key -> delivery JSON, removed once handed to the queues
-  P:detectors               hash detector -> last heartbeat JSON
-Scores are float seconds, precise to about a microsecond, so range reads are
-widened by a millisecond and filtered again on the exact integer nanoseconds.
+  P:version            bumped by every commit (the optimistic lock)
+  P:seq                arrival counter (retract_latest_n, creation order)
+  P:processed          zset uuid -> keep-until (s): duplicates change nothing
+  P:N:obs              hash uuid -> observation JSON
+  P:N:coinc            hash id -> coincidence JSON
+  P:outbox             hash key -> delivery JSON, until every delivery task has started
+  P:outbox:sent        zset key -> when its deliveries were handed to the queues (s)
+  P:outbox:wait:KEY    set of the delivery tasks of KEY that have not started yet
+  P:receipt:ID         a task sent with receipt ID has started (expires after a day)
+  P:detectors          hash detector -> last heartbeat JSON
 """
 
 from __future__ import annotations
@@ -24,16 +28,47 @@ from __future__ import annotations
 import json
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 import redis
 
-from .coincidence import Changes, Coincidence, Observation
+from .coincidence import LIVE, TEST, Changes, Coincidence, Observation
+from .memory_store import MemoryStore
 
 NS_PER_S = 1_000_000_000
-SLACK_NS = 1_000_000
+DEFAULT_BUCKET_NS = 10 * NS_PER_S
+RECEIPT_TTL_S = 86_400
+#: Message headers of tasks whose start is recorded (see tasks/receipts.py).
+RECEIPT_HEADER = "snews_receipt"
+OUTBOX_HEADER = "snews_outbox"
+#: A task not started this long after its send, with its queue empty, was lost on the way.
+RESEND_AFTER_S = 10.0
 R = TypeVar("R")
+
+#: KEYS[1] is the version; each further key is the first argument of one command, whose name
+#: and other arguments come from ARGV after the expected version: name, count, arguments.
+COMMIT_SCRIPT = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return false end
+local a = 2
+for k = 2, #KEYS do
+  local name, n = ARGV[a], tonumber(ARGV[a + 1])
+  redis.call(name, KEYS[k], unpack(ARGV, a + 2, a + 1 + n))
+  a = a + 2 + n
+end
+return redis.call('INCR', KEYS[1])
+"""
+#: One delivery task has started: KEYS = wait set, sent zset, outbox; ARGV = task, entry key.
+DELIVERY_STARTED_SCRIPT = """
+redis.call('SREM', KEYS[1], ARGV[1])
+if redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2])
+end
+return 1
+"""
+#: Lua's unpack takes a few thousand values at most: longer writes are split.
+MAX_ARGS_PER_COMMAND = 1000
 
 
 def _score(t_ns: int) -> float:
@@ -44,15 +79,18 @@ class StateConflict(RuntimeError):
     """Another writer kept winning the race; the caller's task retries later."""
 
 
-class RedisView:
-    """A `StateView` reading through a WATCHed pipeline, staging writes for the commit."""
+class WriteView:
+    """The `StateView` a step runs on: reads from the copy, writes applied to it at once and
+    recorded as the commands the commit sends."""
 
-    def __init__(self, pipe: redis.client.Pipeline, prefix: str) -> None:
-        self.pipe = pipe
+    def __init__(self, copy: MemoryStore, prefix: str, seq: int,
+                 heartbeats: Callable[[], dict[str, dict]]) -> None:
+        self.copy = copy
         self.prefix = prefix
-        self.commits: list[tuple[str, Changes]] = []
+        self.seq = seq
+        self.heartbeats = heartbeats
+        self.commands: list[tuple[str, str, list]] = []
         self.outbox: dict[str, str] = {}
-        self._seq: int | None = None
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -60,126 +98,146 @@ class RedisView:
     # -- StateView ------------------------------------------------------------------------------
 
     def is_processed(self, uuid: str) -> bool:
-        return self.pipe.zscore(self.key("processed"), uuid) is not None
+        return self.copy.is_processed(uuid)
 
     def observations_between(self, namespace: str, lo_ns: int, hi_ns: int) -> list[Observation]:
-        uuids = self.pipe.zrangebyscore(self.key(namespace, "obs:t"),
-                                        _score(lo_ns - SLACK_NS), _score(hi_ns + SLACK_NS))
-        return [o for o in self._observations(namespace, uuids) if lo_ns <= o.t_ns <= hi_ns]
+        return self.copy.observations_between(namespace, lo_ns, hi_ns)
 
     def observation(self, namespace: str, uuid: str) -> Observation | None:
-        found = self._observations(namespace, [uuid])
-        return found[0] if found else None
+        return self.copy.observation(namespace, uuid)
 
     def latest_of_detector(self, namespace: str, detector: str, n: int) -> list[Observation]:
-        uuids = self.pipe.zrevrange(self.key(namespace, "det", detector), 0, n - 1)
-        return self._observations(namespace, uuids)
+        return self.copy.latest_of_detector(namespace, detector, n)
 
     def oldest_observations(self, namespace: str, before_ns: int, limit: int) -> list[Observation]:
-        uuids = self.pipe.zrangebyscore(self.key(namespace, "obs:t"), "-inf",
-                                        _score(before_ns + SLACK_NS), start=0, num=limit)
-        return [o for o in self._observations(namespace, uuids) if o.t_ns < before_ns]
+        return self.copy.oldest_observations(namespace, before_ns, limit)
 
     def coincidences_starting_between(
         self, namespace: str, lo_ns: int, hi_ns: int
     ) -> list[Coincidence]:
-        ids = self.pipe.zrangebyscore(self.key(namespace, "coinc:t"),
-                                      _score(lo_ns - SLACK_NS), _score(hi_ns + SLACK_NS))
-        if not ids:
-            return []
-        found = [Coincidence.from_dict(json.loads(raw))
-                 for raw in self.pipe.hmget(self.key(namespace, "coinc"), ids) if raw]
-        return [c for c in found if lo_ns <= c.start_ns <= hi_ns]
+        return self.copy.coincidences_starting_between(namespace, lo_ns, hi_ns)
 
     # -- what a step needs besides the cache ----------------------------------------------------
 
     def next_seq(self) -> int:
-        if self._seq is None:
-            self._seq = int(self.pipe.get(self.key("seq")) or 0)
-        self._seq += 1
-        return self._seq
+        """The arrival number for the message being applied; it is taken only when `stage` is
+        given it, so a duplicate, which changes nothing, takes none."""
+        return self.seq + 1
 
     @staticmethod
     def new_id() -> str:
         return str(uuidlib.uuid4())
 
-    def heartbeats(self) -> dict[str, dict]:
-        return {d: json.loads(v) for d, v in self.pipe.hgetall(self.key("detectors")).items()}
-
     # -- staging ----------------------------------------------------------------------------------
 
-    def stage(self, namespace: str, changes: Changes) -> None:
-        self.commits.append((namespace, changes))
+    def stage(self, namespace: str, changes: Changes, *, seq: int | None = None) -> None:
+        self.copy.apply(namespace, changes)
+        if seq is not None:
+            self.seq = seq
+            self._command("SET", self.key("seq"), seq)
+        obs_key, coinc_key = self.key(namespace, "obs"), self.key(namespace, "coinc")
+        self._command("ZADD", self.key("processed"),
+                      *(v for u, keep in changes.processed for v in (_score(keep), u)))
+        self._command("HDEL", obs_key, *(o.uuid for o in changes.removed))
+        self._command("HSET", obs_key,
+                      *(v for o in changes.added for v in (o.uuid, json.dumps(o.to_dict()))))
+        put = {c.alert_id for c in changes.put_coincidences}
+        self._command("HDEL", coinc_key,
+                      *(c.alert_id for c in changes.removed_coincidences if c.alert_id not in put))
+        self._command("HSET", coinc_key, *(v for c in changes.put_coincidences
+                                           for v in (c.alert_id, json.dumps(c.to_dict()))))
 
     def stage_outbox(self, key: str, entry: dict) -> None:
         """`order` keeps delivery in commit order: alerts of one id go out by revision."""
         order = [time.time(), len(self.outbox)]
         self.outbox[key] = json.dumps({**entry, "staged_at": order[0], "order": order})
+        self._command("HSET", self.key("outbox"), key, self.outbox[key])
 
-    def _observations(self, namespace: str, uuids: Iterable[str]) -> list[Observation]:
-        uuids = list(uuids)
-        if not uuids:
-            return []
-        raws = self.pipe.hmget(self.key(namespace, "obs"), uuids)
-        return [Observation.from_dict(json.loads(raw)) for raw in raws if raw]
+    def stage_receipt(self, receipt: str) -> None:
+        """Tells the sender of a batch that it was taken, in the commit that applied it."""
+        self._command("SET", self.key("receipt", receipt), "1", "EX", RECEIPT_TTL_S)
 
-    def write(self) -> None:
-        """Queue every staged write on the pipeline, which is in MULTI mode by now."""
-        pipe = self.pipe
-        for namespace, changes in self.commits:
-            obs_key, time_key = self.key(namespace, "obs"), self.key(namespace, "obs:t")
-            for u, keep_until in changes.processed:
-                pipe.zadd(self.key("processed"), {u: _score(keep_until)})
-            for o in changes.removed:
-                pipe.hdel(obs_key, o.uuid)
-                pipe.zrem(time_key, o.uuid)
-                pipe.zrem(self.key(namespace, "det", o.detector), o.uuid)
-            for o in changes.added:
-                pipe.hset(obs_key, o.uuid, json.dumps(o.to_dict()))
-                pipe.zadd(time_key, {o.uuid: _score(o.t_ns)})
-                pipe.zadd(self.key(namespace, "det", o.detector), {o.uuid: o.seq})
-            coinc_key, start_key = self.key(namespace, "coinc"), self.key(namespace, "coinc:t")
-            for c in changes.removed_coincidences:
-                pipe.hdel(coinc_key, c.alert_id)
-                pipe.zrem(start_key, c.alert_id)
-            for c in changes.put_coincidences:
-                pipe.hset(coinc_key, c.alert_id, json.dumps(c.to_dict()))
-                pipe.zadd(start_key, {c.alert_id: _score(c.start_ns)})
-        if self._seq is not None:
-            pipe.set(self.key("seq"), self._seq)
-        if self.outbox:
-            pipe.hset(self.key("outbox"), mapping=self.outbox)
-        pipe.incr(self.key("version"))
+    def forget_processed(self, before_ns: int) -> None:
+        self.copy.forget_processed(before_ns)
+        self._command("ZREMRANGEBYSCORE", self.key("processed"), "-inf", _score(before_ns))
+
+    def has_observations_before(self, namespace: str, before_ns: int) -> bool:
+        return bool(self.copy.oldest_observations(namespace, before_ns, 1))
+
+    def _command(self, name: str, key: str, *args: object) -> None:
+        if not args:
+            return
+        pairs = name in ("HSET", "ZADD")  # field-value pairs must not be split
+        step = MAX_ARGS_PER_COMMAND - (MAX_ARGS_PER_COMMAND % 2 if pairs else 0)
+        for i in range(0, len(args), step):
+            self.commands.append((name, key, list(args[i:i + step])))
 
 
 class RedisStore:
-    """Owns the client; every state change is one `transact` call."""
+    """Owns the client and the writer's copy; every state change is one `transact` call."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "snews") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "snews", *,
+                 bucket_ns: int = DEFAULT_BUCKET_NS) -> None:
         self.client = client
         self.prefix = prefix
+        self.bucket_ns = bucket_ns
+        self._copy: MemoryStore | None = None
+        self._version = ""
+        self._seq = 0
+        self._commit = client.register_script(COMMIT_SCRIPT)
+        self._delivery_started = client.register_script(DELIVERY_STARTED_SCRIPT)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    def transact(self, step: Callable[[RedisView], R], *, attempts: int = 100) -> R:
-        """Run `step` on a consistent view and commit what it staged, all or nothing."""
+    def transact(self, step: Callable[[WriteView], R], *, attempts: int = 100) -> R:
+        """Run `step` on the copy and commit what it staged, all or nothing."""
         for _ in range(attempts):
-            with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(self.key("version"))
-                    view = RedisView(pipe, self.prefix)
-                    result = step(view)
-                    if not view.commits and not view.outbox:
-                        pipe.unwatch()
-                        return result
-                    pipe.multi()
-                    view.write()
-                    pipe.execute()
-                    return result
-                except redis.WatchError:
-                    continue
+            if self._copy is None:
+                self._copy = self._load()
+            copy = self._copy
+            view = WriteView(copy, self.prefix, self._seq, self.heartbeats)
+            try:
+                result = step(view)
+            finally:
+                if view.commands:
+                    self._copy = None  # holds writes not committed yet
+            if not view.commands:
+                return result
+            keys = [self.key("version")] + [key for _, key, _ in view.commands]
+            args: list[object] = [self._version]
+            for name, _, rest in view.commands:
+                args += [name, len(rest), *rest]
+            version = self._commit(keys=keys, args=args)
+            if version is None:
+                continue  # another writer committed: reload and recompute
+            self._copy, self._version, self._seq = copy, str(version), view.seq
+            return result
         raise StateConflict(f"state changed under {attempts} attempts in a row")
+
+    def _load(self) -> MemoryStore:
+        """One consistent snapshot (MULTI/EXEC) of the state into a fresh copy."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(self.key("version"))
+            pipe.get(self.key("seq"))
+            pipe.zrange(self.key("processed"), 0, -1, withscores=True)
+            for namespace in (LIVE, TEST):
+                pipe.hvals(self.key(namespace, "obs"))
+                pipe.hvals(self.key(namespace, "coinc"))
+            version, seq, processed, *hashes = pipe.execute()
+        copy = MemoryStore(self.bucket_ns)
+        copy.apply(LIVE, Changes("loaded", processed=[(u, round(s * NS_PER_S))
+                                                      for u, s in processed]))
+        for namespace, (observations, coincidences) in zip(
+                (LIVE, TEST), zip(hashes[::2], hashes[1::2], strict=True), strict=True):
+            copy.apply(namespace, Changes(
+                "loaded", added=[Observation.from_dict(json.loads(r)) for r in observations],
+                put_coincidences=[Coincidence.from_dict(json.loads(r)) for r in coincidences]))
+        self._version, self._seq = version or "", int(seq or 0)
+        return copy
+
+    def heartbeats(self) -> dict[str, dict]:
+        return {d: json.loads(v) for d, v in self.client.hgetall(self.key("detectors")).items()}
 
     # -- outbox -----------------------------------------------------------------------------------
 
@@ -187,13 +245,70 @@ class RedisStore:
         """Entries not yet handed on; a sweep passes an age so it leaves fresh ones to their task."""
         cutoff = time.time() - older_than_s
         entries = {k: json.loads(v) for k, v in self.client.hgetall(self.key("outbox")).items()}
-        return dict(sorted(((k, e) for k, e in entries.items() if e["staged_at"] <= cutoff),
+        sent = set(self.client.zrange(self.key("outbox", "sent"), 0, -1))
+        return dict(sorted(((k, e) for k, e in entries.items()
+                            if k not in sent and e["staged_at"] <= cutoff),
                            key=lambda item: item[1]["order"]))
 
-    def outbox_done(self, keys: Iterable[str]) -> None:
+    def handing_on(self, deliveries: Mapping[str, Iterable[str]]) -> None:
+        """Record, before the tasks are sent, which tasks each entry waits for: a task may start
+        before the send returns, and its start must find its name to remove."""
+        now = time.time()
+        with self.client.pipeline(transaction=True) as pipe:
+            for key, tasks in deliveries.items():
+                wait = self.key("outbox", "wait", key)
+                pipe.delete(wait)
+                tasks = list(tasks)
+                if tasks:
+                    pipe.sadd(wait, *tasks)
+                    pipe.zadd(self.key("outbox", "sent"), {key: now})
+                else:
+                    pipe.hdel(self.key("outbox"), key)
+            pipe.execute()
+
+    def not_handed_on(self, keys: Iterable[str]) -> None:
+        """Undo `handing_on` when the sends failed: the entries wait to be handed on again."""
         keys = list(keys)
-        if keys:
-            self.client.hdel(self.key("outbox"), *keys)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.key("outbox", "sent"), *keys)
+            pipe.delete(*(self.key("outbox", "wait", key) for key in keys))
+            pipe.execute()
+
+    def deliveries_started(self, entry_keys: Iterable[str], task: str) -> None:
+        """A delivery task has started (late acks keep it from here on); an entry goes when
+        its last one has."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in entry_keys:
+                self._delivery_started(keys=[self.key("outbox", "wait", key),
+                                             self.key("outbox", "sent"), self.key("outbox")],
+                                       args=[task, key], client=pipe)
+            pipe.execute()
+
+    def unstarted(self, *, older_than_s: float) -> dict[str, tuple[dict, list[str]]]:
+        """Entries handed on long ago with delivery tasks that never started: each with the
+        names of those tasks."""
+        keys = self.client.zrangebyscore(self.key("outbox", "sent"), "-inf",
+                                         time.time() - older_than_s)
+        if not keys:
+            return {}
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.key("outbox"), keys)
+            for key in keys:
+                pipe.smembers(self.key("outbox", "wait", key))
+            raws, *waits = pipe.execute()
+        return {key: (json.loads(raw), sorted(wait))
+                for key, raw, wait in zip(keys, raws, waits, strict=True) if raw and wait}
+
+    # -- receipts ---------------------------------------------------------------------------------
+
+    def mark_received(self, receipt: str) -> None:
+        self.client.set(self.key("receipt", receipt), "1", ex=RECEIPT_TTL_S)
+
+    def received(self, receipts: list[str]) -> list[bool]:
+        if not receipts:
+            return []
+        return [v is not None for v in self.client.mget([self.key("receipt", r)
+                                                         for r in receipts])]
 
     # -- detector status ------------------------------------------------------------------------
 
@@ -214,15 +329,6 @@ class RedisStore:
                     return
                 except redis.WatchError:
                     continue
-
-    def has_observations_before(self, namespace: str, before_ns: int) -> bool:
-        """One read outside any transaction, so a writer skips expiry when nothing is due; it
-        may say yes for an observation up to a millisecond later, never no for an earlier one."""
-        return bool(self.client.zrangebyscore(self.key(namespace, "obs:t"), "-inf",
-                                              _score(before_ns + SLACK_NS), start=0, num=1))
-
-    def forget_processed(self, before_ns: int) -> int:
-        return self.client.zremrangebyscore(self.key("processed"), "-inf", _score(before_ns))
 
     # -- inspection -------------------------------------------------------------------------------
 

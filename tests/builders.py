@@ -77,3 +77,11 @@ class Run:
 
 __all__ = ["LIVE", "TEST", "S", "T0", "Run", "observation", "retraction", "heartbeat",
            "settings", "fresh_uuid"]
+
+
+class Sent(list):
+    """A recording `send` for `CoincidenceService`: (task, document) for every document handed
+    on, a batched task's documents one by one."""
+
+    def __call__(self, task: str, argument: object, headers: dict) -> None:
+        self.extend((task, d) for d in (argument if isinstance(argument, list) else [argument]))

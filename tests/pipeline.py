@@ -236,7 +236,7 @@ class Pipeline:
         with self.client.producer_or_acquire() as producer:
             for message in messages:
                 payload = message.to_dict() if isinstance(message, Message) else dict(message)
-                self.client.send_task("snews.coincidence.process", args=[payload],
+                self.client.send_task("snews.coincidence.process", args=[[payload]],
                                       queue="coincidence", producer=producer)
 
     # -- output -----------------------------------------------------------------------------------
@@ -256,8 +256,8 @@ class Pipeline:
         payloads = []
         for raw in self.broker.hvals(COINCIDENCE_UNACKED_KEY):
             message = json.loads(raw)[0]
-            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-            payloads.append(args[0])
+            [batch], _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            payloads += batch
         return payloads
 
     def processed_uuids(self) -> set[str]:
@@ -427,13 +427,12 @@ def start_ingest(pipeline: Pipeline) -> Worker:
 def applied_order(pipeline: Pipeline, messages: Iterable[Message]) -> list[Message]:
     """Each archived message once, in the order the writer applied it.
 
-    The worker stamps `received_time_utc` when it applies a message (nine
-    fractional digits, so the text sorts like the time), and a repeat is never
-    archived again.
+    The writer stamps each archived message with its arrival number `seq`, and a
+    repeat is never archived again.
     """
     by_uuid = {m.uuid: m for m in messages}
-    documents = pipeline.archive.observations.find({}, {"uuid": True, "received_time_utc": True})
-    return [by_uuid[d["uuid"]] for d in sorted(documents, key=lambda d: d["received_time_utc"])]
+    documents = pipeline.archive.observations.find({}, {"uuid": True, "seq": True})
+    return [by_uuid[d["uuid"]] for d in sorted(documents, key=lambda d: d["seq"])]
 
 
 def redeliver_unacked(pipeline: Pipeline, delivered_before: float) -> int:

@@ -1,10 +1,14 @@
 """The coincidence queue: the single serial writer of the coincidence state.
 
-A message is validated, its namespace's expired observations are dropped,
-then one Redis transaction commits the engine's changes together with the
-outbox entries (archive documents and alerts). Only after the commit are the
-entries handed to the notification queues, so a crash anywhere leaves either
-nothing done or a committed outbox that the next task or the sweep delivers.
+A task carries a batch of messages (ingest sends what it read in one poll, so
+one message when traffic is light, many under load). They are validated, the
+expired observations of their namespaces dropped, and every message applied
+in order; one commit then writes the engine's changes together with the
+outbox entries (archive documents, alerts, rejects). Only after the commit
+are the entries handed to the notification queues, so a crash anywhere
+leaves either nothing done or a committed outbox that the next task or the
+sweep delivers. An entry stays in the outbox until each of its delivery
+tasks has started (`receipts`): a task lost on its way is sent again.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import Any
@@ -27,22 +31,27 @@ from ..coincidence import namespace_of
 from ..messages import Message, MessageError, Tier, format_time_ns
 from ..processing import Processor
 from ..resources import resource
-from ..store import RedisStore, RedisView, StateConflict
+from ..store import OUTBOX_HEADER, RESEND_AFTER_S, RedisStore, StateConflict, WriteView
+from .receipts import queue_is_empty
 
 log = logging.getLogger(__name__)
 
 SLACK_TASK = "snews.slack.post_alert"
+OBSERVATIONS_TASK = "snews.storage.store_observations"
 #: Which tasks deliver each kind of outbox entry. Canary alerts skip Slack: the canary proves
 #: the path every few minutes, and people need not read that.
 DELIVERIES: dict[str, tuple[str, ...]] = {
     "alert": ("snews.storage.store_alert", "snews.kafka.publish_alert", SLACK_TASK),
-    "observation": ("snews.storage.store_observation",),
+    "observation": (OBSERVATIONS_TASK,),
     "reject": ("snews.storage.store_reject",),
 }
+#: Tasks that take a list of documents: one task carries a whole dispatch's entries.
+BATCHED = frozenset({OBSERVATIONS_TASK})
 #: Redis trouble is retried without limit: the message stays queued until the state is reachable.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, StateConflict)
 
-Send = Callable[[str, dict], None]
+#: Sends one task: its name, its argument and the message headers.
+Send = Callable[[str, Any, dict], None]
 #: Wraps one dispatch's sends, so a sender can hand them to the broker together.
 Batch = Callable[[], AbstractContextManager[object]]
 
@@ -69,10 +78,10 @@ def reject_document(payload: Any, error: MessageError, received_ns: int) -> dict
 
 
 class OnlineDetectors(Collection[str]):
-    """The detectors whose heartbeat counts them online, read from the view only when an alert
-    is built: most messages raise none, and the read is a round trip inside the transaction."""
+    """The detectors whose heartbeat counts them online, read from Redis only when an alert is
+    built: most messages raise none, and the read is a round trip."""
 
-    def __init__(self, view: RedisView, processor: Processor, now_ns: int) -> None:
+    def __init__(self, view: WriteView, processor: Processor, now_ns: int) -> None:
         self.view = view
         self.processor = processor
         self.now_ns = now_ns
@@ -102,64 +111,147 @@ class CoincidenceService:
         self.send = send
         self.batch = batch
         self.skip = set() if slack_enabled else {SLACK_TASK}
+        # A new writer, or one whose hand-on failed, may find committed entries nobody handed
+        # on: it reads the whole outbox, so they go out first and in commit order.
+        self._outbox_may_hold_more = True
 
     def handle(self, payload: Any, *, now_ns: int | None = None) -> str:
+        """One message; see `handle_many`."""
+        return self.handle_many([payload], now_ns=now_ns)[0]
+
+    def handle_many(self, payloads: Sequence[Any], *, now_ns: int | None = None) -> list[str]:
+        """Apply messages in order in one commit; each one's outcome. A bad message is rejected
+        and recorded; one that hits a bug is recorded as well, the rest of the batch is applied,
+        and the error is raised after the commit so the task shows as failed."""
         now_ns = time.time_ns() if now_ns is None else now_ns
+        checked = [self._check(payload, now_ns) for payload in payloads]
+        bugs: list[Exception] = []
+
+        def step(view: WriteView) -> list[str]:
+            bugs.clear()
+            for namespace in sorted({namespace_of(m.is_test) for m in checked
+                                     if isinstance(m, Message)}):
+                self._expire(view, namespace, now_ns)
+            outcomes = []
+            for payload, message in zip(payloads, checked, strict=True):
+                try:
+                    if isinstance(message, MessageError):
+                        raise message
+                    outcomes.append(self._step(view, message, now_ns))
+                except MessageError as error:
+                    outcomes.append(self._reject(view, payload, error, now_ns))
+                except Exception as error:  # a bug must not lose the message: it is recorded
+                    bugs.append(error)
+                    outcomes.append(self._reject(
+                        view, payload, MessageError(None, f"internal error: {error!r}"), now_ns))
+            return outcomes
+
+        outcomes, committed = self.store.transact(lambda view: (step(view), view.outbox))
+        self._after_commit(committed)
+        if bugs:
+            raise bugs[0]
+        return outcomes
+
+    def _check(self, payload: Any, now_ns: int) -> Message | MessageError:
         try:
             message = self.processor.parse(payload)
             self.processor.check_fresh(message, now_ns)
             if message.tier not in (Tier.COINCIDENCE, Tier.RETRACTION):
                 raise MessageError("tier", f"{message.tier.value} messages go to the storage queue")
-            self.expire(namespace_of(message.is_test), now_ns)
-            outcome = self.store.transact(lambda view: self._step(view, message, now_ns))
         except MessageError as error:
-            self._reject(payload, error, now_ns)
-            outcome = f"rejected: {error}"
-        except REDIS_ERRORS:
-            raise  # the task retries: the message waits for the state to be reachable
-        except Exception as error:
-            # A bug must not lose the message: it is recorded with its payload, then surfaces.
-            self._reject(payload, MessageError(None, f"internal error: {error!r}"), now_ns)
-            self.dispatch()
-            raise
-        self.dispatch()
-        return outcome
+            return error
+        except Exception as error:  # a decoder bug: recorded like any unreadable message
+            log.exception("decoding a message failed")
+            return MessageError(None, f"internal error while decoding: {error!r}")
+        return message
 
-    def expire(self, namespace: str, now_ns: int) -> str:
-        if not self.store.has_observations_before(namespace, now_ns - self.processor.lifetime_ns):
-            return "expired 0"  # the usual case: one read instead of a transaction's three
-
-        def step(view: RedisView) -> str:
-            changes = self.processor.expire(view, namespace, now_ns=now_ns, new_id=view.new_id)
-            if changes.removed:
-                view.stage(namespace, changes)
-            return changes.outcome
+    def expire(self, now_ns: int) -> dict[str, str]:
+        """Periodic expiry of both namespaces and of the duplicate memory."""
+        def step(view: WriteView) -> dict[str, str]:
+            result = {ns: self._expire(view, ns, now_ns) for ns in ("live", "test")}
+            view.forget_processed(now_ns)
+            return result
 
         return self.store.transact(step)
 
+    def _expire(self, view: WriteView, namespace: str, now_ns: int) -> str:
+        before_ns = now_ns - self.processor.lifetime_ns
+        if not view.has_observations_before(namespace, before_ns):
+            return "expired 0"
+        changes = self.processor.expire(view, namespace, now_ns=now_ns, new_id=view.new_id)
+        if changes.removed:
+            view.stage(namespace, changes)
+        return changes.outcome
+
     def dispatch(self, *, older_than_s: float = 0.0) -> int:
-        """Hand committed outbox entries to their queues; at-least-once, receivers are idempotent."""
-        entries = self.store.outbox(older_than_s=older_than_s)
+        """Hand on committed entries nobody handed on (a sweep passes an age, leaving fresh ones
+        to their task); at-least-once, receivers are idempotent."""
+        return self._hand_on(self.store.outbox(older_than_s=older_than_s))
+
+    def resend_unstarted(self, *, older_than_s: float = RESEND_AFTER_S,
+                         queue_is_empty: Callable[[str], bool] = queue_is_empty) -> int:
+        """Send again the deliveries handed on long ago that never started while their queue
+        is empty: lost on the way to a worker."""
+        resent = 0
+        with self.batch():
+            for key, (entry, tasks) in self.store.unstarted(older_than_s=older_than_s).items():
+                for task in tasks:
+                    if queue_is_empty(task):
+                        log.warning("%s for %s not started %.0f s after it was sent, with its "
+                                    "queue empty: sending it again", task, key, older_than_s)
+                        self._send(task, [(key, entry["document"])])
+                        resent += 1
+        return resent
+
+    def _after_commit(self, committed: Mapping[str, str]) -> None:
+        entries = ({k: json.loads(v) for k, v in committed.items()}
+                   if not self._outbox_may_hold_more else self.store.outbox())
+        self._outbox_may_hold_more = True  # until the hand-on below has gone through
+        self._hand_on(entries)
+        self._outbox_may_hold_more = False
+
+    def _hand_on(self, entries: Mapping[str, dict]) -> int:
         if not entries:
             return 0
-        with self.batch():
-            for entry in entries.values():
-                for task in DELIVERIES[entry["kind"]]:
-                    if task not in self.skip and not (task == SLACK_TASK
-                                                      and entry["document"].get("is_canary")):
-                        self.send(task, entry["document"])
-        self.store.outbox_done(entries)
+        deliveries = {key: [task for task in DELIVERIES[entry["kind"]] if task not in self.skip
+                            and not (task == SLACK_TASK and entry["document"].get("is_canary"))]
+                      for key, entry in entries.items()}
+        self.store.handing_on(deliveries)
+        grouped: dict[str, list[tuple[str, dict]]] = {}
+        try:
+            with self.batch():
+                for key, entry in entries.items():
+                    for task in deliveries[key]:
+                        if task in BATCHED:
+                            grouped.setdefault(task, []).append((key, entry["document"]))
+                        else:
+                            self._send(task, [(key, entry["document"])])
+                for task, items in grouped.items():
+                    self._send(task, items)
+        except BaseException:
+            # Back to "not handed on", so the next task hands them on at once; should that fail
+            # too, the sweep finds them unstarted and sends them again.
+            with contextlib.suppress(*REDIS_ERRORS):
+                self.store.not_handed_on(entries)
+            raise
         return len(entries)
 
-    def _step(self, view: RedisView, message: Message, now_ns: int) -> str:
+    def _send(self, task: str, items: list[tuple[str, dict]]) -> None:
+        documents = [document for _, document in items]
+        self.send(task, documents if task in BATCHED else documents[0],
+                  {OUTBOX_HEADER: [key for key, _ in items]})
+
+    def _step(self, view: WriteView, message: Message, now_ns: int) -> str:
         online = OnlineDetectors(view, self.processor, now_ns)
-        outcome = self.processor.step(view, message, now_ns=now_ns, seq=view.next_seq(),
+        seq = view.next_seq()
+        outcome = self.processor.step(view, message, now_ns=now_ns, seq=seq,
                                       new_id=view.new_id, heartbeat_online=online)
         if outcome.changes.outcome == "duplicate":
             return "duplicate"
-        view.stage(outcome.namespace, outcome.changes)
+        view.stage(outcome.namespace, outcome.changes, seq=seq)
+        # `seq` is the writer's arrival number: the archive shows the order messages were applied.
         document = {**message.to_dict(), "received_time_utc": format_time_ns(now_ns),
-                    "outcome": outcome.changes.outcome}
+                    "outcome": outcome.changes.outcome, "seq": seq}
         view.stage_outbox(f"observation:{message.uuid}",
                           {"kind": "observation", "document": document})
         for alert in outcome.alerts:
@@ -167,16 +259,16 @@ class CoincidenceService:
                               {"kind": "alert", "document": alert})
         return outcome.changes.outcome
 
+    def _reject(self, view: WriteView, payload: Any, error: MessageError, now_ns: int) -> str:
+        document = reject_document(payload, error, now_ns)
+        log.warning("rejected message: %s", error)
+        view.stage_outbox(f"reject:{document['reject_id']}", {"kind": "reject",
+                                                              "document": document})
+        return f"rejected: {error}"
+
     def close(self) -> None:
         """Worker shutdown closes every resource (`resources.close_all`); this one owns a client."""
         self.store.client.close()
-
-    def _reject(self, payload: Any, error: MessageError, now_ns: int) -> None:
-        document = reject_document(payload, error, now_ns)
-        log.warning("rejected message: %s", error)
-        self.store.client.hset(self.store.key("outbox"), f"reject:{document['reject_id']}",
-                               json.dumps({"kind": "reject", "document": document,
-                                           "staged_at": time.time(), "order": [time.time(), 0]}))
 
 
 class CelerySender:
@@ -187,8 +279,9 @@ class CelerySender:
     def __init__(self) -> None:
         self._producer: Any = None
 
-    def __call__(self, task: str, document: dict) -> None:
-        app.send_task(task, args=[document], ignore_result=True, producer=self._producer)
+    def __call__(self, task: str, argument: Any, headers: dict) -> None:
+        app.send_task(task, args=[argument], headers=headers, ignore_result=True,
+                      producer=self._producer)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -207,7 +300,9 @@ def service() -> CoincidenceService:
     def build() -> CoincidenceService:
         client = redis.Redis.from_url(settings.state_redis_url, decode_responses=True)
         sender = CelerySender()
-        return CoincidenceService(Processor(settings), RedisStore(client), sender,
+        processor = Processor(settings)
+        return CoincidenceService(processor, RedisStore(client, bucket_ns=processor.threshold_ns),
+                                  sender,
                                   slack_enabled=settings.slack_token is not None,
                                   batch=sender.batch)
 
@@ -224,14 +319,16 @@ WAIT_MAX_S = 5.0
 
 
 @app.task(name="snews.coincidence.process", acks_late=True, reject_on_worker_lost=True)
-def process(payload: Any) -> str:
-    """One observation message (any JSON payload; bad ones are rejected and recorded)."""
+def process(payloads: list) -> list[str]:
+    """A batch of observation messages (any JSON payloads; bad ones are rejected and recorded).
+    Anything but a list is taken as one message, so it is rejected and recorded too."""
+    batch = payloads if isinstance(payloads, list) else [payloads]
     wait_s = WAIT_FIRST_S
     while True:
         try:
-            return service().handle(payload)
+            return service().handle_many(batch)
         except WAIT_ERRORS as error:
-            log.warning("state or broker unreachable (%s: %s); trying the message again in "
+            log.warning("state or broker unreachable (%s: %s); trying the messages again in "
                         "%.1f s", type(error).__name__, error, wait_s)
             time.sleep(wait_s)
             wait_s = min(2 * wait_s, WAIT_MAX_S)
@@ -240,17 +337,15 @@ def process(payload: Any) -> str:
 @app.task(name="snews.coincidence.expire", bind=True, max_retries=None)
 def expire(self: Any) -> dict[str, str]:
     """Periodic expiry, so the cache shrinks even when no message arrives."""
-    svc = service()
-    now_ns = time.time_ns()
     try:
-        result = {ns: svc.expire(ns, now_ns) for ns in ("live", "test")}
-        svc.store.forget_processed(now_ns)
-        return result
+        return service().expire(time.time_ns())
     except REDIS_ERRORS as error:
         raise self.retry(exc=error, countdown=5) from error
 
 
 @app.task(name="snews.coincidence.sweep_outbox")
-def sweep_outbox() -> int:
-    """Deliver entries a crashed task committed but never handed on."""
-    return service().dispatch(older_than_s=10.0)
+def sweep_outbox() -> dict[str, int]:
+    """Deliver entries a crashed task committed but never handed on, and send again the
+    deliveries that were lost on their way to a worker."""
+    svc = service()
+    return {"handed on": svc.dispatch(older_than_s=10.0), "sent again": svc.resend_unstarted()}

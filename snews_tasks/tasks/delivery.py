@@ -54,18 +54,28 @@ def failure_log() -> FailureLog:
 def deliver(task: Any, *, kind: str, key: str, document: Mapping[str, Any],
             policy: RetryPolicy, attempt: Callable[[], R]) -> R:
     """Run one attempt; retry it, or record it as failed, by the service's policy."""
+    return deliver_many(task, kind=kind, records={key: document}, policy=policy,
+                        attempt=attempt)
+
+
+def deliver_many(task: Any, *, kind: str, records: Mapping[str, Mapping[str, Any]],
+                 policy: RetryPolicy, attempt: Callable[[], R]) -> R:
+    """`deliver` for an attempt covering several documents: a failure is recorded for each,
+    under its own key, so `failed retry` re-drives them one by one."""
     try:
         return attempt()
     except Exception as error:
+        what = next(iter(records)) if len(records) == 1 else f"({len(records)} documents)"
         delay = policy.next_delay(error, task.request.retries)
         if delay is not None:
-            log.warning("%s %s: attempt %d failed (%s), retrying in %.1f s", kind, key,
+            log.warning("%s %s: attempt %d failed (%s), retrying in %.1f s", kind, what,
                         task.request.retries + 1, type(error).__name__, delay)
             # The policy's limit, not None: None means the task's own max_retries (Celery's
             # default, 3), past which retry() re-raises and the failure would go unrecorded.
             raise task.retry(exc=error, countdown=delay,
                              max_retries=policy.max_retries) from error
-        failure_log().record_failure(kind=kind, key=key, payload=document,
-                                     error=f"{type(error).__name__}: {error}",
-                                     attempts=task.request.retries + 1)
+        for key, document in records.items():
+            failure_log().record_failure(kind=kind, key=key, payload=document,
+                                         error=f"{type(error).__name__}: {error}",
+                                         attempts=task.request.retries + 1)
         raise

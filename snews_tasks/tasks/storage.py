@@ -24,7 +24,7 @@ from ..resources import resource
 from ..retry import mongo_policy
 from ..settings import Settings
 from ..store import RedisStore
-from .delivery import deliver, state_redis
+from .delivery import deliver, deliver_many, state_redis
 
 # A hung server must not hold a worker forever; MongoDB answers these writes in milliseconds.
 SOCKET_TIMEOUT_MS = 30_000
@@ -111,6 +111,16 @@ def _store(task: Any, kind: str, document: Mapping[str, Any]) -> bool:
 def store_observation(self: Any, document: dict) -> bool:
     """Archive an observation of any tier (idempotent on uuid)."""
     return _store(self, "observation", document)
+
+
+@app.task(name="snews.storage.store_observations", bind=True)
+def store_observations(self: Any, documents: list) -> int:
+    """Archive a batch of observations in one write: the coincidence writer hands on each
+    batch's observations together. Idempotent on uuid."""
+    records = {failure_key("observation", d): d for d in documents}
+    return deliver_many(self, kind=failure_kind("observation"), records=records,
+                        policy=mongo_policy(settings),
+                        attempt=lambda: _archive().store_observations(documents))
 
 
 @app.task(name="snews.storage.store_alert", bind=True)

@@ -250,18 +250,13 @@ def valid_payload(representation: str, detector: str, t_ns: int) -> tuple[object
     return payload, document["uuid"]
 
 
-class Sent(list):
-    """The recording `send`: (task, document) for every notification the writer hands on."""
-
-    def __call__(self, task: str, document: dict) -> None:
-        self.append((task, document))
 
 
 def test_hostile_inputs_are_rejected_and_recorded_and_never_block_valid_ones(
         redis_url: str, tmp_path: Path, record_property: Callable[[str, object], None],
         capsys: pytest.CaptureFixture[str]) -> None:
     canary = tmp_path / "pwned"
-    sent = Sent()
+    sent = h.Sent()
     store = RedisStore(redis.Redis.from_url(redis_url, decode_responses=True))
     writer = CoincidenceService(Processor(SETTINGS), store, sent, slack_enabled=True)
     tried: Counter[str] = Counter()
@@ -308,7 +303,7 @@ def test_hostile_inputs_are_rejected_and_recorded_and_never_block_valid_ones(
               f"({', '.join(f'{c} {n}' for c, n in sorted(tried.items()))})")
 
 
-def assert_rejected(writer: CoincidenceService, sent: Sent, payload: object,
+def assert_rejected(writer: CoincidenceService, sent: h.Sent, payload: object,
                     fields: frozenset[str], now_ns: int) -> None:
     """Rejected, no exception, one reject record naming the field, nothing else handed on."""
     sent.clear()

@@ -27,9 +27,11 @@ from hop.models import Blob, JSONBlob
 from snews_pt.messages import Publisher
 
 from snews_tasks import localstack
-from snews_tasks.ingest import ENQUEUED_KEY, LAST_POLL_KEY, RECEIVED_KEY, REJECTED_KEY
+from snews_tasks.ingest import (COINCIDENCE_TASK, ENQUEUED_KEY, LAST_POLL_KEY, RECEIVED_KEY,
+                                REJECTED_KEY)
 from snews_tasks.messages import format_time_ns, parse_time_ns
 from snews_tasks.settings import KNOWN_DETECTORS, load_settings
+from snews_tasks.store import RECEIPT_HEADER, RESEND_AFTER_S, RedisStore
 from snews_tasks.tasks import canary
 from snews_tasks.tasks.canary import check_canary, send_canary
 
@@ -113,14 +115,29 @@ class Harness:
         wait_for(lambda: self.counter(RECEIVED_KEY) >= count,
                  f"{count} messages through the ingest ({self.log_path.read_text()})")
 
+    def envelopes(self, queue: str) -> list[dict]:
+        """The queued task messages, in the order a worker would take them."""
+        return [json.loads(raw) for raw in reversed(self.broker.lrange(queue, 0, -1))]
+
     def tasks(self, queue: str) -> list[tuple[str, dict]]:
-        """(task name, document) in the order a worker would take them."""
+        """(task name, document) in the order a worker would take them; a coincidence batch
+        gives one pair per message."""
         found = []
-        for raw in reversed(self.broker.lrange(queue, 0, -1)):
-            envelope = json.loads(raw)
-            args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-            found.append((envelope["headers"]["task"], args[0]))
+        for envelope in self.envelopes(queue):
+            [argument], _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+            task = envelope["headers"]["task"]
+            found += [(task, d) for d in (argument if task == COINCIDENCE_TASK else [argument])]
         return found
+
+    def start_tasks(self, *queues: str) -> None:
+        """Act as the workers: record every queued task as started."""
+        store = RedisStore(self.state)
+        for queue in queues:
+            for envelope in self.envelopes(queue):
+                store.mark_received(envelope["headers"][RECEIPT_HEADER])
+
+    def wait_committed(self, offset: int) -> None:
+        wait_for(lambda: self.committed_offset() == offset, f"offset {offset} committed")
 
     def committed_offset(self) -> int:
         consumer = confluent_kafka.Consumer({"bootstrap.servers": self.kafka.address,
@@ -189,7 +206,7 @@ def test_each_message_becomes_one_task_on_its_queue(kafka_service, harness_facto
     coincidence_tasks = harness.tasks("coincidence")
     storage_tasks = harness.tasks("storage")
 
-    assert [task for task, _ in coincidence_tasks] == ["snews.coincidence.process"] * 3
+    assert [task for task, _ in coincidence_tasks] == [COINCIDENCE_TASK] * 3
     first, second, pt = (document for _, document in coincidence_tasks)
     assert first == {**{k: v for k, v in json_coincidence.items() if k != "extra"},
                      "is_firedrill": False, "is_pre_sn": False, "meta": {"extra": "kept in meta"}}
@@ -232,8 +249,9 @@ def test_restart_continues_after_the_committed_offset(kafka_service, harness_fac
     early = [coincidence(detector) for detector in ("IceCube", "JUNO", "Super-K")]
     harness.publish(*early)
     harness.wait_received(3)
+    harness.start_tasks("coincidence")
+    harness.wait_committed(3)
     assert ingest.stop() == 0
-    assert harness.committed_offset() == 3  # committed on SIGTERM, not only by the timer
 
     late = [coincidence(detector) for detector in ("KamLAND", "LVD")]
     harness.publish(*late)
@@ -247,6 +265,32 @@ def test_restart_continues_after_the_committed_offset(kafka_service, harness_fac
     assert len(uuids) == 6
 
 
+def test_the_offset_waits_for_the_task_to_start_and_a_lost_task_is_sent_again(
+        kafka_service, harness_factory) -> None:
+    """A task the broker lost (a Redis crash as kombu moves it to a worker) is sent again once
+    its queue is empty; until a worker starts it, its offset stays uncommitted."""
+    harness = harness_factory(kafka_service)
+    ingest = harness.start_ingest()
+    message = coincidence("IceCube")
+    harness.publish(message)
+    harness.wait_received(1)
+    [lost] = harness.envelopes("coincidence")
+    harness.broker.delete("coincidence")  # the message is gone, no worker ever started it
+    time.sleep(1)
+    assert harness.committed_offset() < 0
+
+    wait_for(lambda: harness.envelopes("coincidence"), "the lost task sent again",
+             timeout=RESEND_AFTER_S + DEADLINE_S)
+    [again] = harness.envelopes("coincidence")
+    assert again["headers"][RECEIPT_HEADER] == lost["headers"][RECEIPT_HEADER]
+    assert [d["uuid"] for _, d in harness.tasks("coincidence")] == [message["uuid"]]
+    assert "not started 10 s after it was sent, with its queue empty" in ingest.log()
+    assert harness.committed_offset() < 0
+
+    harness.start_tasks("coincidence")
+    harness.wait_committed(1)
+
+
 def test_celery_broker_outage_holds_the_offset_until_the_enqueue(
         kafka_service, harness_factory, tmp_path) -> None:
     broker_dir = tmp_path / "broker"
@@ -257,6 +301,8 @@ def test_celery_broker_outage_holds_the_offset_until_the_enqueue(
         before, during = coincidence("IceCube"), coincidence("JUNO")
         harness.publish(before)
         harness.wait_received(1)
+        harness.start_tasks("coincidence")
+        harness.wait_committed(1)
 
         port = broker.port
         broker.stop()
@@ -271,8 +317,9 @@ def test_celery_broker_outage_holds_the_offset_until_the_enqueue(
         wait_for(lambda: ingest.log().count(outage_logged) == 2, "the new ingest retrying")
         broker = localstack.start_redis(port, data_dir=broker_dir, appendonly=True)
         harness.wait_received(2)
+        harness.start_tasks("coincidence")
+        harness.wait_committed(2)
         assert ingest.stop() == 0
-        assert harness.committed_offset() == 2
         assert [d["uuid"] for _, d in harness.tasks("coincidence")] == [before["uuid"],
                                                                        during["uuid"]]
         log = ingest.log()
@@ -291,6 +338,8 @@ def test_observation_broker_outage_resumes_without_restart(harness_factory, tmp_
         before, during_restart = coincidence("IceCube"), coincidence("JUNO")
         harness.publish(before)
         harness.wait_received(1)
+        harness.start_tasks("coincidence")
+        harness.wait_committed(1)
 
         port = kafka.port
         kafka.stop()

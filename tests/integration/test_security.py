@@ -300,10 +300,9 @@ def test_messages_that_look_like_commands_do_no_more_than_a_message_may(
         redis_url: str, mongo_service: localstack.Service) -> None:
     """Commands, a retraction of everything by a stranger, a replayed uuid: state and failure
     records stay as they were; only the owner's own retraction acts."""
-    sent: list[tuple[str, dict]] = []
+    sent = h.Sent()
     state = redis.Redis.from_url(redis_url, decode_responses=True)
-    writer = CoincidenceService(Processor(h.settings()), RedisStore(state),
-                                lambda task, document: sent.append((task, document)),
+    writer = CoincidenceService(Processor(h.settings()), RedisStore(state), sent,
                                 slack_enabled=True)
     now = h.T0 + 3600 * S
     super_k, icecube = h.observation("Super-K", 0), h.observation("IceCube", 1)
@@ -337,7 +336,7 @@ def test_messages_that_look_like_commands_do_no_more_than_a_message_may(
         assert failures.list_failures() == failed
         assert failures.list_failures("redriven") == []
         assert {task for task, _ in sent} == {"snews.storage.store_reject",
-                                              "snews.storage.store_observation"}
+                                              "snews.storage.store_observations"}
 
         # The owner's retraction does act: the test above could have seen a change.
         writer.handle(h.retraction("Super-K", latest_n=1_000_000).to_dict(), now_ns=now)
@@ -366,7 +365,7 @@ def test_only_the_operator_cli_can_redrive_failures() -> None:
         COINCIDENCE_TASK, "snews.storage.store_heartbeat", "snews.storage.store_observation",
         REJECT_TASK}
     assert {task for tasks in DELIVERIES.values() for task in tasks} == {
-        "snews.storage.store_alert", "snews.storage.store_observation", REJECT_TASK,
+        "snews.storage.store_alert", "snews.storage.store_observations", REJECT_TASK,
         "snews.kafka.publish_alert", "snews.slack.post_alert"}
     package = REPO / "snews_tasks"
     admin = {"list_failures", "mark_redriven", "REDRIVE_TASKS"}

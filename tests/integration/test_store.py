@@ -37,13 +37,8 @@ def random_stream(seed: int, n: int) -> list:
     return stream
 
 
-class Sent(list):
-    def __call__(self, task: str, document: dict) -> None:
-        self.append((task, document))
-
-
-def service(url: str) -> tuple[CoincidenceService, Sent]:
-    sent = Sent()
+def service(url: str) -> tuple[CoincidenceService, h.Sent]:
+    sent = h.Sent()
     client = redis.Redis.from_url(url, decode_responses=True)
     return CoincidenceService(Processor(h.settings()), RedisStore(client), sent,
                               slack_enabled=True), sent
@@ -67,7 +62,7 @@ def test_redis_writer_matches_replay_and_brute_force(redis_url):
     alerts = [doc for task, doc in sent if task == "snews.kafka.publish_alert"]
     assert [(a["alert_type"], a["detector_names"]) for a in alerts] == \
         [(a["alert_type"], a["detector_names"]) for a in run.alerts]
-    stored = {doc["uuid"] for task, doc in sent if task == "snews.storage.store_observation"}
+    stored = {doc["uuid"] for task, doc in sent if task == "snews.storage.store_observations"}
     assert stored == {m.uuid for m in stream}
     assert svc.store.outbox() == {}
 
@@ -98,7 +93,7 @@ def test_a_crash_between_commit_and_dispatch_is_delivered_by_the_sweep(redis_url
     svc, sent = service(redis_url)
     svc.handle(h.observation("Super-K", 0).to_dict(), now_ns=NOW)
 
-    def broker_gone(task: str, document: dict) -> None:
+    def broker_gone(task: str, argument: object, headers: dict) -> None:
         raise ConnectionError("broker gone")
 
     svc.send = broker_gone
@@ -110,7 +105,7 @@ def test_a_crash_between_commit_and_dispatch_is_delivered_by_the_sweep(redis_url
     svc.send = sent
     assert svc.dispatch() == len(pending)
     assert [d["alert_type"] for t, d in sent if t == "snews.kafka.publish_alert"] == ["NEW"]
-    assert len([t for t, d in sent if t == "snews.storage.store_observation"]) == 2
+    assert len([t for t, d in sent if t == "snews.storage.store_observations"]) == 2
     assert svc.store.outbox() == {}
 
 
@@ -144,7 +139,7 @@ def test_two_writers_at_once_leave_the_state_of_one(redis_url, new_redis_url):
                       for c in serial.store.coincidences(LIVE)}
     # Delivery is at-least-once (both writers may hand on the same outbox entry); after the
     # consumers' deduplication by (alert_id, revision) each coincidence had one NEW.
-    def deduplicated(sent: Sent) -> dict:
+    def deduplicated(sent: h.Sent) -> dict:
         return {(d["alert_id"], d["revision"]): d for t, d in sent
                 if t == "snews.kafka.publish_alert"}
 
