@@ -32,16 +32,18 @@ from ..messages import Message, MessageError, Tier, format_time_ns
 from ..processing import Processor
 from ..resources import resource
 from ..store import OUTBOX_HEADER, RESEND_AFTER_S, RedisStore, StateConflict, WriteView
+from .kafka import AlertPublisher, alert_publisher
 from .receipts import queue_is_empty
 
 log = logging.getLogger(__name__)
 
 SLACK_TASK = "snews.slack.post_alert"
+KAFKA_TASK = "snews.kafka.publish_alert"
 OBSERVATIONS_TASK = "snews.storage.store_observations"
 #: Which tasks deliver each kind of outbox entry. Canary alerts skip Slack: the canary proves
 #: the path every few minutes, and people need not read that.
 DELIVERIES: dict[str, tuple[str, ...]] = {
-    "alert": ("snews.storage.store_alert", "snews.kafka.publish_alert", SLACK_TASK),
+    "alert": ("snews.storage.store_alert", KAFKA_TASK, SLACK_TASK),
     "observation": (OBSERVATIONS_TASK,),
     "reject": ("snews.storage.store_reject",),
 }
@@ -52,6 +54,8 @@ REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, StateConflict)
 
 #: Sends one task: its name, its argument and the message headers.
 Send = Callable[[str, Any, dict], None]
+#: Publishes alerts to Kafka at once; for each, whether the broker has it.
+PublishNow = Callable[[list[dict]], list[bool]]
 #: Wraps one dispatch's sends, so a sender can hand them to the broker together.
 Batch = Callable[[], AbstractContextManager[object]]
 
@@ -105,11 +109,13 @@ class CoincidenceService:
     """The writer's logic, free of Celery so tests can drive it directly."""
 
     def __init__(self, processor: Processor, store: RedisStore, send: Send,
-                 *, slack_enabled: bool, batch: Batch = contextlib.nullcontext) -> None:
+                 *, slack_enabled: bool, batch: Batch = contextlib.nullcontext,
+                 publish_now: PublishNow | None = None) -> None:
         self.processor = processor
         self.store = store
         self.send = send
         self.batch = batch
+        self.publish_now = publish_now
         self.skip = set() if slack_enabled else {SLACK_TASK}
         # A new writer, or one whose hand-on failed, may find committed entries nobody handed
         # on: it reads the whole outbox, so they go out first and in commit order.
@@ -204,8 +210,12 @@ class CoincidenceService:
         return resent
 
     def _after_commit(self, committed: Mapping[str, str]) -> None:
-        entries = ({k: json.loads(v) for k, v in committed.items()}
-                   if not self._outbox_may_hold_more else self.store.outbox())
+        if self._outbox_may_hold_more:
+            # Also what a killed writer handed on without sending: not started, queue empty.
+            self.resend_unstarted(older_than_s=0.0)
+            entries = self.store.outbox()
+        else:
+            entries = {k: json.loads(v) for k, v in committed.items()}
         self._outbox_may_hold_more = True  # until the hand-on below has gone through
         self._hand_on(entries)
         self._outbox_may_hold_more = False
@@ -216,6 +226,12 @@ class CoincidenceService:
         deliveries = {key: [task for task in DELIVERIES[entry["kind"]] if task not in self.skip
                             and not (task == SLACK_TASK and entry["document"].get("is_canary"))]
                       for key, entry in entries.items()}
+        alerts = [key for key in entries if KAFKA_TASK in deliveries[key]]
+        if alerts and self.publish_now is not None:
+            published = self.publish_now([entries[key]["document"] for key in alerts])
+            for key, done in zip(alerts, published, strict=True):
+                if done:
+                    deliveries[key].remove(KAFKA_TASK)
         self.store.handing_on(deliveries)
         grouped: dict[str, list[tuple[str, dict]]] = {}
         try:
@@ -271,6 +287,36 @@ class CoincidenceService:
         self.store.client.close()
 
 
+class PublishFromWriter:
+    """The writer publishes the alerts it has just committed itself, so telescopes hear within
+    milliseconds instead of after a hop through the alerts queue. What it cannot publish at
+    once goes to the Kafka task, which retries by the Kafka policy; after a failure the writer
+    leaves publishing to that task for a while, so a broker outage never holds up the serial
+    writer for more than one short wait."""
+
+    def __init__(self, publisher: Callable[[], AlertPublisher], *, wait_s: float = 1.0,
+                 pause_s: float = 30.0) -> None:
+        self.publisher = publisher
+        self.wait_s = wait_s
+        self.pause_s = pause_s
+        self._paused_until = 0.0
+
+    def __call__(self, alerts: list[dict]) -> list[bool]:
+        if time.monotonic() < self._paused_until:
+            return [False] * len(alerts)
+        try:
+            errors = self.publisher().publish_many(alerts, wait_s=self.wait_s)
+        except Exception as error:  # whatever it is, the Kafka task gets the alerts
+            errors = [error] * len(alerts)
+        failed = [e for e in errors if e is not None]
+        if failed:
+            self._paused_until = time.monotonic() + self.pause_s
+            log.warning("publishing %d alert(s) from the writer failed (%s); the Kafka task "
+                        "publishes them, and the next for %.0f s", len(failed), failed[0],
+                        self.pause_s)
+        return [e is None for e in errors]
+
+
 class CelerySender:
     """Sends follow-up tasks with the Celery app; inside `batch` they share one producer and
     reach the broker in one round trip (kombu's publish batch: the task and its task-sent event
@@ -304,7 +350,8 @@ def service() -> CoincidenceService:
         return CoincidenceService(processor, RedisStore(client, bucket_ns=processor.threshold_ns),
                                   sender,
                                   slack_enabled=settings.slack_token is not None,
-                                  batch=sender.batch)
+                                  batch=sender.batch,
+                                  publish_now=PublishFromWriter(alert_publisher))
 
     return resource("coincidence-service", build)
 

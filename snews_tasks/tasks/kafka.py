@@ -18,7 +18,7 @@ deduplicate on (alert_id, revision).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
@@ -97,22 +97,35 @@ class AlertPublisher:
 
     def publish(self, alert: Mapping[str, Any]) -> None:
         """Send one alert and wait until the broker has it; raise if it does not."""
-        topic = self.topic_for(alert)
-        alert_id = require_str(alert, "alert_id", "alert")
-        reports: list[confluent_kafka.KafkaError | None] = []
+        [error] = self.publish_many([alert], wait_s=self._delivery_wait.total_seconds())
+        if error is not None:
+            raise error
 
-        def on_delivery(error: confluent_kafka.KafkaError | None,
-                        message: confluent_kafka.Message) -> None:
-            reports.append(error if error is not None else message.error())
+    def publish_many(self, alerts: Sequence[Mapping[str, Any]], *,
+                     wait_s: float) -> list[Exception | None]:
+        """Send alerts together and wait up to `wait_s` for the broker to have them all; for
+        each, None once the broker has it, else why not (an alert not acknowledged in time may
+        still arrive later: publishing is at least once)."""
+        reports: dict[int, confluent_kafka.KafkaError | None] = {}
+        for i, alert in enumerate(alerts):
+            def on_delivery(error: confluent_kafka.KafkaError | None,
+                            message: confluent_kafka.Message, i: int = i) -> None:
+                reports[i] = error if error is not None else message.error()
 
-        self._writer.write(JSONBlob(content=dict(alert)), delivery_callback=on_delivery,
-                           topic=topic, key=alert_id)
-        self._writer.flush(self._delivery_wait)
-        if not reports:
-            raise TimeoutError(f"Kafka gave no delivery report for alert {alert_id} on topic "
-                               f"{topic} within {self._delivery_wait.total_seconds():g} s")
-        if reports[0] is not None:
-            raise KafkaException(reports[0])
+            self._writer.write(JSONBlob(content=dict(alert)), delivery_callback=on_delivery,
+                               topic=self.topic_for(alert),
+                               key=require_str(alert, "alert_id", "alert"))
+        self._writer.flush(timedelta(seconds=wait_s))
+        results: list[Exception | None] = []
+        for i, alert in enumerate(alerts):
+            if i not in reports:
+                results.append(TimeoutError(
+                    f"Kafka gave no delivery report for alert {alert['alert_id']} on topic "
+                    f"{self.topic_for(alert)} within {wait_s:g} s"))
+            else:
+                error = reports[i]
+                results.append(None if error is None else KafkaException(error))
+        return results
 
     def close(self) -> None:
         """Flush what is queued (bounded by the produce timeout) and disconnect."""
@@ -129,11 +142,16 @@ def open_publisher(settings: Settings) -> AlertPublisher:
                           produce_timeout_s=settings.kafka_produce_timeout_s)
 
 
+def alert_publisher() -> AlertPublisher:
+    """The process's one publisher (the notify worker's, or the coincidence writer's)."""
+    return resource("alert-publisher", lambda: open_publisher(settings))
+
+
 # --- Celery task (the alerts queue) --------------------------------------------------------------
 
 @app.task(name="snews.kafka.publish_alert", bind=True)
 def publish_alert(self: Any, alert: dict) -> None:
     """Publish an alert to the alert topic (the test topic for is_test alerts)."""
-    publisher = resource("alert-publisher", lambda: open_publisher(settings))
+    publisher = alert_publisher()
     deliver(self, kind="alert_kafka", key=alert_key(alert), document=alert,
             policy=kafka_policy(settings), attempt=lambda: publisher.publish(alert))

@@ -14,6 +14,7 @@ from hop.io import StartPosition, Stream
 from snews_tasks import localstack
 from snews_tasks.retry import kafka_policy
 from snews_tasks.settings import Settings, load_settings
+from snews_tasks.tasks.coincidence import PublishFromWriter
 from snews_tasks.tasks.kafka import AlertPublisher, open_publisher
 
 pytestmark = pytest.mark.integration
@@ -140,4 +141,37 @@ def test_dead_broker_raises_a_retryable_error_and_publishing_resumes(tmp_path: P
     finally:
         if publisher is not None:
             publisher.close()
+        service.stop()
+
+
+def test_the_writer_publishes_at_once_and_leaves_a_dead_broker_to_the_task(
+        tmp_path: Path) -> None:
+    """The coincidence writer's own publish: both alerts acknowledged; with the broker down,
+    reported as not published (the Kafka task then gets them), and the writer stops trying
+    for a while instead of waiting on every batch."""
+    service = localstack.start_kafka(engine="noida", data_dir=tmp_path / "kafka")
+    settings = settings_for(service.url)
+    publisher = open_publisher(settings)
+    opened: list[AlertPublisher] = []
+
+    def the_publisher() -> AlertPublisher:
+        opened.append(publisher)
+        return publisher
+
+    try:
+        localstack.create_topics(bootstrap(service),
+                                 [settings.alert_topic, settings.test_alert_topic])
+        publish_now = PublishFromWriter(the_publisher, wait_s=2.0, pause_s=3600)
+        first = [alert("c-1"), alert("c-2", is_test=True)]
+        assert publish_now(first) == [True, True]
+        assert read_topic(service, settings.alert_topic) == first[:1]
+        assert read_topic(service, settings.test_alert_topic) == first[1:]
+
+        service.stop()
+        assert publish_now([alert("c-1", 2)]) == [False]
+        assert len(opened) == 2
+        assert publish_now([alert("c-1", 3)]) == [False]
+        assert len(opened) == 2, "the writer tried again while paused"
+    finally:
+        publisher.close()
         service.stop()

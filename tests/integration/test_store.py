@@ -177,3 +177,22 @@ def test_canary_alerts_skip_slack_but_a_real_message_cannot_claim_to_be_a_canary
     slack = [d for t, d in sent if t == "snews.slack.post_alert"]
     assert [(a["is_test"], a["is_canary"]) for a in kafka] == [(True, True), (False, False)]
     assert [a["is_test"] for a in slack] == [False]
+
+
+@pytest.mark.parametrize("broker_has_it", [True, False])
+def test_an_alert_the_writer_published_itself_skips_the_kafka_task(redis_url, broker_has_it):
+    svc, sent = service(redis_url)
+    published: list[dict] = []
+
+    def publish_now(alerts: list[dict]) -> list[bool]:
+        published.extend(alerts)
+        return [broker_has_it] * len(alerts)
+
+    svc.publish_now = publish_now
+    svc.handle(h.observation("Super-K", 0).to_dict(), now_ns=NOW)
+    svc.handle(h.observation("IceCube", 1).to_dict(), now_ns=NOW)
+    [alert] = published
+    tasks = [t for t, d in sent if d.get("alert_id") == alert["alert_id"]]
+    expected = {"snews.storage.store_alert", "snews.slack.post_alert"}
+    assert set(tasks) == expected | (set() if broker_has_it else {"snews.kafka.publish_alert"})
+    assert svc.store.outbox() == {}
