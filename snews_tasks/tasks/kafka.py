@@ -18,6 +18,7 @@ deduplicate on (alert_id, revision).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -52,9 +53,18 @@ def hop_auth(setting: str) -> bool | list[Auth]:
     return load_auth(setting)
 
 
+#: The same client error is logged once in this many seconds: librdkafka repeats it for every
+#: failed reconnect, dozens of times a second while the broker is down.
+CLIENT_ERROR_QUIET_S = 10.0
+_client_errors_logged: dict[str, float] = {}
+
+
 def _log_client_error(error: confluent_kafka.KafkaError) -> None:
-    """librdkafka reports every failed reconnect; a failed publish raises, so these are warnings."""
-    logger.warning("Kafka client: %s", error.str())
+    """A failed publish raises, so these are warnings."""
+    text, now = error.str(), time.monotonic()
+    if now - _client_errors_logged.get(text, -CLIENT_ERROR_QUIET_S) >= CLIENT_ERROR_QUIET_S:
+        _client_errors_logged[text] = now
+        logger.warning("Kafka client: %s", text)
 
 
 class AlertPublisher:

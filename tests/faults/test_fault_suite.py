@@ -188,6 +188,17 @@ class Restartable:
         _signal_group(self.service.pid, signal.SIGKILL)
         self.service.stop()
 
+    def hang(self, seconds: float) -> None:
+        """SIGSTOP, then SIGCONT: connections stay open and nothing answers, as with a hung
+        server or a network partition; the server keeps its state."""
+        began = time.monotonic()
+        _signal_group(self.service.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            _signal_group(self.service.pid, signal.SIGCONT)
+        self.outages.append((began, time.monotonic()))
+
     def start(self) -> None:
         self.service = self._start(self.service.port)
         assert self.down_since is not None
@@ -412,7 +423,6 @@ class FaultRun:
 class Scenario:
     name: str
     inject: Callable[[FaultRun], set[str]]  # returns the uuids the fault may move
-    kafka_engine: str = "tansu"
 
 
 # -- the faults ----------------------------------------------------------------------------------
@@ -557,13 +567,14 @@ def stop_mongo(run: FaultRun) -> set[str]:
     return set()
 
 
-def stop_kafka(run: FaultRun) -> set[str]:
-    """The broker of the alert (and observation) topics down for 20 s while alerts go out."""
+def hang_kafka(run: FaultRun) -> set[str]:
+    """The broker of the alert (and observation) topics unresponsive for 20 s while alerts go
+    out. Hung, not stopped: noida, the local broker that keeps data across restarts, was seen
+    to acknowledge alerts while shutting down and not have them after the restart, which would
+    test the broker instead of this service."""
     run.wait_for_stream(run.rng.uniform(0.15, 0.3))
     run.pipeline.wait_until(lambda: run.pipeline.alerts(), "alerts on the alert topic")
-    run.kafka.stop()
-    time.sleep(20)
-    run.kafka.start()
+    run.kafka.hang(20)
     run.fault_over()
     return set()
 
@@ -592,7 +603,7 @@ SCENARIOS = [
     Scenario("coincidence_kill", kill_coincidence_worker),
     Scenario("redis_restart", restart_redis),
     Scenario("mongo_outage", stop_mongo),
-    Scenario("kafka_outage", stop_kafka, kafka_engine="noida"),
+    Scenario("kafka_outage", hang_kafka),
     Scenario("slack_storms", slack_storms),
     Scenario("ingest_kill", kill_ingest),
 ]
@@ -615,9 +626,7 @@ def fault_run(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
                 port, data_dir=tmp_path / "redis", appendonly=True, appendfsync="always"))
             mongo = restartable(lambda port: localstack.start_mongo(
                 port, storage_path=tmp_path / "mongo"))
-            kafka_dir = tmp_path / "kafka" if scenario.kafka_engine == "noida" else None
-            kafka = restartable(lambda port: localstack.start_kafka(
-                port, engine=scenario.kafka_engine, data_dir=kafka_dir))
+            kafka = restartable(lambda port: localstack.start_kafka(port))
             topic = f"observations-{scenario.name}"
             localstack.create_topics(kafka.service.address, [topic])
             redis_port = redis_server.service.port
