@@ -2,10 +2,13 @@
 
 Each message is decoded and validated here, so a bad one is rejected at the door
 and never occupies the serial coincidence worker. What one poll returns (one
-message when traffic is light, up to `MAX_BATCH` under load) becomes one
-coincidence task with all its CoincidenceTier messages and retractions, in
-order, plus one storage task for each heartbeat, significance or timing
-observation and each reject (with its raw payload).
+message when traffic is light) gives one storage task for each heartbeat,
+significance or timing observation and each reject (with its raw payload);
+its CoincidenceTier messages and retractions go, in order, into one
+coincidence task, sent at once when the writer's queue is empty. While the
+writer is busy they are held and gathered with the next polls' (up to
+`MAX_BATCH`), so under load each task carries as much as the writer could
+not take meanwhile.
 
 Delivery: every task carries a receipt id, set in the state Redis when a
 worker starts it (`tasks/receipts.py`). A poll's offsets are committed only
@@ -331,6 +334,9 @@ class Ingest:
                                           socket_connect_timeout=2)
         self.receipts = RedisStore(self.state)
         self.unconfirmed: deque[Poll] = deque()
+        # Polls handled since the last coincidence task was sent, and its messages held back.
+        self._gathering = Poll({}, [])
+        self._held: list[dict] = []
         self._next_receipt_check = 0.0
         self.broker = Outage("observation broker")
         self.celery_broker = Outage("Celery broker")
@@ -375,7 +381,8 @@ class Ingest:
                 self._stopping.wait(POLL_TIMEOUT_S)
                 batch = []
             else:
-                batch = source.poll(CONFIRM_POLL_TIMEOUT_S if waiting else POLL_TIMEOUT_S)
+                batch = source.poll(CONFIRM_POLL_TIMEOUT_S if waiting or self._held
+                                    else POLL_TIMEOUT_S)
             counts: dict[str, int] = {}
             readable = [m for m in batch if m.error() is None]
             for message in batch:
@@ -386,6 +393,8 @@ class Ingest:
                 self._connection_trouble = False
                 self._read_error = None
                 counts = self._handle(readable)
+            else:
+                self._release()
             self._confirm(source)
             self._report(counts)
             if (self._connection_trouble or self.broker.active) and time.monotonic() >= next_probe:
@@ -443,15 +452,35 @@ class Ingest:
                 coincidence.append(document)
             else:
                 tasks.append((task, document))
-        if coincidence:
-            tasks.insert(0, (COINCIDENCE_TASK, coincidence))
         sent = [Sent(uuidlib.uuid4().hex, task, argument) for task, argument in tasks]
         for one in sent:
             if not self._enqueue(one):
                 return {}  # stopping: not committed, so it is read again after the restart
-        offsets = {(m.topic(), m.partition()): m.offset() for m in messages}
-        self.unconfirmed.append(Poll(offsets, sent))
+        self._gathering.offsets.update({(m.topic(), m.partition()): m.offset() for m in messages})
+        self._gathering.tasks += sent
+        self._held += coincidence
+        self._release()
         return counts
+
+    def _release(self) -> None:
+        """Send the held coincidence messages as one task once the writer has taken the one
+        before (its queue is empty) or the batch is full; until then keep gathering, so under
+        load the batches grow to what the writer can take, and a light load waits for nothing."""
+        if self._held and (len(self._held) >= MAX_BATCH or self._writer_waiting()):
+            task = Sent(uuidlib.uuid4().hex, COINCIDENCE_TASK, self._held)
+            if not self._enqueue(task):
+                return  # stopping: not committed, so it is read again after the restart
+            self._gathering.tasks.insert(0, task)
+            self._held = []
+        if not self._held and (self._gathering.offsets or self._gathering.tasks):
+            self.unconfirmed.append(self._gathering)
+            self._gathering = Poll({}, [])
+
+    def _writer_waiting(self) -> bool:
+        try:
+            return self.celery.queue_is_empty(COINCIDENCE_TASK)
+        except ENQUEUE_ERRORS:
+            return True  # the send then retries until the broker is back
 
     def _enqueue(self, task: Sent) -> bool:
         """Send until the broker takes it; False only if asked to stop meanwhile."""

@@ -300,8 +300,9 @@ class _JsonCopier:
     def _fail(path: tuple[str, ...], problem: str) -> NoReturn:
         if not path:
             raise MessageError("payload", problem)
+        head = path[0] or '""'  # an empty key is still named
         where = "".join(part if part.startswith("[") else f".{part}" for part in path[1:])
-        raise MessageError(path[0], f"{problem} (at {path[0]}{where})" if where else problem)
+        raise MessageError(head, f"{problem} (at {head}{where})" if where else problem)
 
 
 # ---------------------------------------------------------------------------------------

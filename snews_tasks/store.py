@@ -16,9 +16,10 @@ Layout (P = key prefix, N = namespace live|test):
   P:processed          zset uuid -> keep-until (s): duplicates change nothing
   P:N:obs              hash uuid -> observation JSON
   P:N:coinc            hash id -> coincidence JSON
-  P:outbox             hash key -> delivery JSON, until every delivery task has started
+  P:outbox             hash key -> delivery JSON, until every delivery task has finished
   P:outbox:sent        zset key -> when its deliveries were handed to the queues (s)
-  P:outbox:wait:KEY    set of the delivery tasks of KEY that have not started yet
+  P:outbox:wait:KEY    set of the delivery tasks of KEY that have not finished yet
+  P:outbox:retry       hash "KEY|task" -> until when (s) that task waits for its retry
   P:receipt:ID         a task sent with receipt ID has started (expires after a day)
   P:detectors          hash detector -> last heartbeat JSON
 """
@@ -42,8 +43,13 @@ RECEIPT_TTL_S = 86_400
 #: Message headers of tasks whose start is recorded (see tasks/receipts.py).
 RECEIPT_HEADER = "snews_receipt"
 OUTBOX_HEADER = "snews_outbox"
-#: A task not started this long after its send, with its queue empty, was lost on the way.
+#: An ingest task not started this long after its send, with its queue empty, was lost.
 RESEND_AFTER_S = 10.0
+#: A delivery not finished this long after its hand-on, with its queue empty and no retry
+#: due, was lost (on its way, or with its worker); longer than one attempt may take.
+DELIVERY_RESEND_AFTER_S = 30.0
+#: How long past its due time a retry may take to start before it counts as lost.
+RETRY_GRACE_S = 30.0
 R = TypeVar("R")
 
 #: KEYS[1] is the version; each further key is the first argument of one command, whose name
@@ -58,9 +64,11 @@ for k = 2, #KEYS do
 end
 return redis.call('INCR', KEYS[1])
 """
-#: One delivery task has started: KEYS = wait set, sent zset, outbox; ARGV = task, entry key.
-DELIVERY_STARTED_SCRIPT = """
+#: One delivery task has finished: KEYS = wait set, sent zset, outbox, retries;
+#: ARGV = task, entry key.
+DELIVERY_DONE_SCRIPT = """
 redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[2] .. '|' .. ARGV[1])
 if redis.call('SCARD', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[3], ARGV[2])
@@ -185,7 +193,7 @@ class RedisStore:
         self._version = ""
         self._seq = 0
         self._commit = client.register_script(COMMIT_SCRIPT)
-        self._delivery_started = client.register_script(DELIVERY_STARTED_SCRIPT)
+        self._delivery_done = client.register_script(DELIVERY_DONE_SCRIPT)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -274,30 +282,44 @@ class RedisStore:
             pipe.delete(*(self.key("outbox", "wait", key) for key in keys))
             pipe.execute()
 
-    def deliveries_started(self, entry_keys: Iterable[str], task: str) -> None:
-        """A delivery task has started (late acks keep it from here on); an entry goes when
-        its last one has."""
+    def deliveries_done(self, entry_keys: Iterable[str], task: str) -> None:
+        """A delivery task has finished: delivered, or its failure recorded for an operator.
+        An entry goes when its last one has."""
         with self.client.pipeline(transaction=False) as pipe:
             for key in entry_keys:
-                self._delivery_started(keys=[self.key("outbox", "wait", key),
-                                             self.key("outbox", "sent"), self.key("outbox")],
-                                       args=[task, key], client=pipe)
+                self._delivery_done(keys=[self.key("outbox", "wait", key),
+                                          self.key("outbox", "sent"), self.key("outbox"),
+                                          self.key("outbox", "retry")],
+                                    args=[task, key], client=pipe)
             pipe.execute()
 
-    def unstarted(self, *, older_than_s: float) -> dict[str, tuple[dict, list[str]]]:
-        """Entries handed on long ago with delivery tasks that never started: each with the
-        names of those tasks."""
+    def deliveries_retrying(self, entry_keys: Iterable[str], task: str, due_s: float) -> None:
+        """The task retries in `due_s`: meanwhile its queue is empty and it is not lost."""
+        until = time.time() + due_s + RETRY_GRACE_S
+        mapping = {f"{key}|{task}": until for key in entry_keys}
+        if mapping:
+            self.client.hset(self.key("outbox", "retry"), mapping=mapping)
+
+    def unfinished(self, *, older_than_s: float) -> dict[str, tuple[dict, list[str]]]:
+        """Entries handed on long ago whose delivery tasks have not finished and wait for no
+        retry: each with the names of those tasks."""
         keys = self.client.zrangebyscore(self.key("outbox", "sent"), "-inf",
                                          time.time() - older_than_s)
         if not keys:
             return {}
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hmget(self.key("outbox"), keys)
+            pipe.hgetall(self.key("outbox", "retry"))
             for key in keys:
                 pipe.smembers(self.key("outbox", "wait", key))
-            raws, *waits = pipe.execute()
-        return {key: (json.loads(raw), sorted(wait))
-                for key, raw, wait in zip(keys, raws, waits, strict=True) if raw and wait}
+            raws, retries, *waits = pipe.execute()
+        now = time.time()
+        found = {}
+        for key, raw, wait in zip(keys, raws, waits, strict=True):
+            tasks = sorted(t for t in wait if float(retries.get(f"{key}|{t}", 0)) <= now)
+            if raw and tasks:
+                found[key] = (json.loads(raw), tasks)
+        return found
 
     # -- receipts ---------------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ outbox entries (archive documents, alerts, rejects). Only after the commit
 are the entries handed to the notification queues, so a crash anywhere
 leaves either nothing done or a committed outbox that the next task or the
 sweep delivers. An entry stays in the outbox until each of its delivery
-tasks has started (`receipts`): a task lost on its way is sent again.
+tasks has finished (`delivery`): one lost on its way, or with its worker, is
+sent again.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ from functools import cached_property
 from typing import Any
 
 import redis
-from kombu.exceptions import OperationalError
+from kombu.exceptions import BatchPublishError, OperationalError
 
 from ..celery_app import app, settings
 from ..coincidence import namespace_of
 from ..messages import Message, MessageError, Tier, format_time_ns
 from ..processing import Processor
 from ..resources import resource
-from ..store import OUTBOX_HEADER, RESEND_AFTER_S, RedisStore, StateConflict, WriteView
+from ..store import (DELIVERY_RESEND_AFTER_S, OUTBOX_HEADER, RedisStore, StateConflict,
+                     WriteView)
 from .kafka import AlertPublisher, alert_publisher
 from .receipts import queue_is_empty
 
@@ -194,16 +196,16 @@ class CoincidenceService:
         to their task); at-least-once, receivers are idempotent."""
         return self._hand_on(self.store.outbox(older_than_s=older_than_s))
 
-    def resend_unstarted(self, *, older_than_s: float = RESEND_AFTER_S,
-                         queue_is_empty: Callable[[str], bool] = queue_is_empty) -> int:
-        """Send again the deliveries handed on long ago that never started while their queue
-        is empty: lost on the way to a worker."""
+    def resend_unfinished(self, *, older_than_s: float = DELIVERY_RESEND_AFTER_S,
+                          queue_is_empty: Callable[[str], bool] = queue_is_empty) -> int:
+        """Send again the deliveries handed on long ago that have not finished, wait for no
+        retry, and are not in their queue: lost on the way to a worker, or with it."""
         resent = 0
         with self.batch():
-            for key, (entry, tasks) in self.store.unstarted(older_than_s=older_than_s).items():
+            for key, (entry, tasks) in self.store.unfinished(older_than_s=older_than_s).items():
                 for task in tasks:
                     if queue_is_empty(task):
-                        log.warning("%s for %s not started %.0f s after it was sent, with its "
+                        log.warning("%s for %s not finished %.0f s after it was sent, with its "
                                     "queue empty: sending it again", task, key, older_than_s)
                         self._send(task, [(key, entry["document"])])
                         resent += 1
@@ -212,7 +214,7 @@ class CoincidenceService:
     def _after_commit(self, committed: Mapping[str, str]) -> None:
         if self._outbox_may_hold_more:
             # Also what a killed writer handed on without sending: not started, queue empty.
-            self.resend_unstarted(older_than_s=0.0)
+            self.resend_unfinished(older_than_s=0.0)
             entries = self.store.outbox()
         else:
             entries = {k: json.loads(v) for k, v in committed.items()}
@@ -246,7 +248,7 @@ class CoincidenceService:
                     self._send(task, items)
         except BaseException:
             # Back to "not handed on", so the next task hands them on at once; should that fail
-            # too, the sweep finds them unstarted and sends them again.
+            # too, the sweep finds them unfinished and sends them again.
             with contextlib.suppress(*REDIS_ERRORS):
                 self.store.not_handed_on(entries)
             raise
@@ -332,9 +334,7 @@ class CelerySender:
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         with app.producer_or_acquire() as producer:
-            # Older kombu has no publish batch: the sends then go one by one, as without it.
-            batched = producer.batch() if hasattr(producer, "batch") else contextlib.nullcontext()
-            with batched:
+            with producer.batch():
                 self._producer = producer
                 try:
                     yield
@@ -356,11 +356,13 @@ def service() -> CoincidenceService:
     return resource("coincidence-service", build)
 
 
-#: What the writer waits out with the message in hand: the state Redis, or the broker that
-#: takes its follow-up tasks, unreachable. A Celery retry would send the message anew, and
-#: when the broker is down that send fails and Celery drops the message (Reject without
-#: requeue); a retry would also apply it after the messages behind it.
-WAIT_ERRORS = (*REDIS_ERRORS, OperationalError)
+#: What the writer waits out with the messages in hand: the state Redis, or the broker that
+#: takes its follow-up tasks, unreachable (a publish batch cut short says so with its own
+#: error; the next try finds the batch applied and hands on what the outbox still holds).
+#: A Celery retry would send the messages anew, and when the broker is down that send fails
+#: and Celery drops them (Reject without requeue); it would also apply them after the
+#: messages behind them.
+WAIT_ERRORS = (*REDIS_ERRORS, OperationalError, BatchPublishError)
 WAIT_FIRST_S = 0.5
 WAIT_MAX_S = 5.0
 
@@ -395,4 +397,4 @@ def sweep_outbox() -> dict[str, int]:
     """Deliver entries a crashed task committed but never handed on, and send again the
     deliveries that were lost on their way to a worker."""
     svc = service()
-    return {"handed on": svc.dispatch(older_than_s=10.0), "sent again": svc.resend_unstarted()}
+    return {"handed on": svc.dispatch(older_than_s=10.0), "sent again": svc.resend_unfinished()}

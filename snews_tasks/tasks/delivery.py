@@ -3,7 +3,10 @@
 A retryable error is retried with the policy's backoff (Celery's retry, so
 Flower shows each one); an error that is not retryable, or the last retry's,
 is recorded with its payload for `snews-tasks failed retry` and then raised,
-so the task also shows as failed in Flower. Nothing is dropped silently.
+so the task also shows as failed in Flower. Nothing is dropped silently: the
+writer's outbox entry of a delivery (header `snews_outbox`) goes only once
+the delivery is done or its failure recorded, and a retry tells it when it is
+due, so the outbox sweep sends again a delivery that died any other way.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ..archive import Archive
 from ..failures import FailureLog
 from ..resources import resource
 from ..retry import RetryPolicy
+from ..store import OUTBOX_HEADER, RedisStore
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -62,14 +66,17 @@ def deliver_many(task: Any, *, kind: str, records: Mapping[str, Mapping[str, Any
                  policy: RetryPolicy, attempt: Callable[[], R]) -> R:
     """`deliver` for an attempt covering several documents: a failure is recorded for each,
     under its own key, so `failed retry` re-drives them one by one."""
+    entries = [str(e) for e in task.request.get(OUTBOX_HEADER) or ()]
     try:
-        return attempt()
+        result = attempt()
     except Exception as error:
         what = next(iter(records)) if len(records) == 1 else f"({len(records)} documents)"
         delay = policy.next_delay(error, task.request.retries)
         if delay is not None:
             log.warning("%s %s: attempt %d failed (%s), retrying in %.1f s", kind, what,
                         task.request.retries + 1, type(error).__name__, delay)
+            _tell_outbox(entries,
+                         lambda store: store.deliveries_retrying(entries, task.name, delay))
             # The policy's limit, not None: None means the task's own max_retries (Celery's
             # default, 3), past which retry() re-raises and the failure would go unrecorded.
             raise task.retry(exc=error, countdown=delay,
@@ -78,4 +85,20 @@ def deliver_many(task: Any, *, kind: str, records: Mapping[str, Mapping[str, Any
             failure_log().record_failure(kind=kind, key=key, payload=document,
                                          error=f"{type(error).__name__}: {error}",
                                          attempts=task.request.retries + 1)
+        _tell_outbox(entries, lambda store: store.deliveries_done(entries, task.name))  # reported
         raise
+    _tell_outbox(entries, lambda store: store.deliveries_done(entries, task.name))
+    return result
+
+
+def _tell_outbox(entries: list[str], change: Callable[[RedisStore], None]) -> None:
+    """Best effort: should the state Redis not answer, the sweep sends the delivery again
+    later, and receivers are idempotent. Tasks not from the outbox (re-drives, the ingest's)
+    have no entries."""
+    if not entries:
+        return
+    try:
+        change(RedisStore(state_redis()))
+    except redis.RedisError as error:
+        log.warning("could not update the outbox (%s: %s); the delivery may be sent again",
+                    type(error).__name__, error)

@@ -1,23 +1,19 @@
-"""Receipts: how a sender learns that a task it sent has reached a worker.
+"""Receipts: how the ingest learns that a task it sent has reached a worker.
 
 kombu's Redis transport pops a message (BRPOP) and only then records it as
 unacknowledged; a Redis crash between the two loses that message, and
 nothing in Celery notices. From the moment a task starts, late acks cover
-it. So a sender that must not lose a task keeps its own copy until the task
-has started, and sends it again if it has not started long after while its
-queue is empty (so it is not merely waiting in line). Receivers are
-idempotent, so a task sent twice is harmless.
-
-Two senders use this, with a header each, recorded when the task starts:
-  snews_receipt  ingest's tasks: `P:receipt:ID` is set; ingest holds the Kafka
-                 offset (and the message) until then
-  snews_outbox   the coincidence writer's follow-ups: the task's name leaves
-                 the entry's wait set, and the outbox entry goes with the last
+it. So the ingest keeps its own copy, and the Kafka offset, until the task
+has started (`P:receipt:ID` set here for a task sent with the header
+`snews_receipt`), and sends it again if it has not started long after while
+its queue is empty (so it is not merely waiting in line). Receivers are
+idempotent, so a task sent twice is harmless. The writer's outbox goes
+further: its entries wait until their delivery tasks have finished
+(`delivery.deliver_many`).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import redis
@@ -26,10 +22,8 @@ from celery import signals
 from ..celery_app import app, settings
 from ..operations import queue_depth
 from ..resources import resource
-from ..store import OUTBOX_HEADER, RECEIPT_HEADER, RedisStore
+from ..store import RECEIPT_HEADER, RedisStore
 from .delivery import state_redis
-
-log = logging.getLogger(__name__)
 
 
 
@@ -50,14 +44,8 @@ def queue_is_empty(task: str) -> bool:
 
 @signals.task_prerun.connect
 def _task_started(task: Any = None, **_: Any) -> None:
-    """A failure here is logged by Celery and the task still runs; its sender then sends it
+    """A failure here is logged by Celery and the task still runs; the ingest then sends it
     again later, which the receivers absorb."""
-    request = task.request
-    receipt, entries = request.get(RECEIPT_HEADER), request.get(OUTBOX_HEADER)
-    if receipt is None and not entries:
-        return
-    store = RedisStore(state_redis())
+    receipt = task.request.get(RECEIPT_HEADER)
     if receipt is not None:
-        store.mark_received(str(receipt))
-    if entries:
-        store.deliveries_started([str(e) for e in entries], task.name)
+        RedisStore(state_redis()).mark_received(str(receipt))

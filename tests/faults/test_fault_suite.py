@@ -658,7 +658,7 @@ def test_nothing_is_lost(scenario: Scenario, fault_run: Callable[..., FaultRun])
     logs = "".join(worker.log() for worker in run.pipeline.workers)
     for message in run.lost_in_transport:  # periodic tasks carry no receipt: the next one runs
         headers = message.envelope["headers"]
-        marks = [f" for {key} not started" for key in headers.get("snews_outbox", [])]
+        marks = [f" for {key} not finished" for key in headers.get("snews_outbox", [])]
         if "snews_receipt" in headers:
             marks.append(f"(receipt {headers['snews_receipt']}) not started")
         assert all(mark in logs for mark in marks), f"{message} was not sent again"

@@ -86,6 +86,7 @@ class Harness:
                     "SNEWS_RESULT_BACKEND": broker_url, "SNEWS_STATE_REDIS_URL": state_url,
                     "SNEWS_KAFKA_URL": kafka.url, "SNEWS_OBSERVATION_TOPIC": self.topic}
         self.processes: list[IngestProcess] = []
+        self.taken: dict[str, list[dict]] = {}
         localstack.create_topics(kafka.address, [self.topic])
 
     def start_ingest(self, *, wait_for_poll: bool = True) -> IngestProcess:
@@ -115,29 +116,46 @@ class Harness:
         wait_for(lambda: self.counter(RECEIVED_KEY) >= count,
                  f"{count} messages through the ingest ({self.log_path.read_text()})")
 
-    def envelopes(self, queue: str) -> list[dict]:
-        """The queued task messages, in the order a worker would take them."""
-        return [json.loads(raw) for raw in reversed(self.broker.lrange(queue, 0, -1))]
+    def take(self, queue: str) -> None:
+        """Act as a worker taking every queued task (without starting it): the ingest sends
+        the coincidence messages it holds back once the queue is empty."""
+        while (raw := self.broker.rpop(queue)) is not None:
+            self.taken.setdefault(queue, []).append(json.loads(raw))
 
-    def tasks(self, queue: str) -> list[tuple[str, dict]]:
-        """(task name, document) in the order a worker would take them; a coincidence batch
-        gives one pair per message."""
-        found = []
-        for envelope in self.envelopes(queue):
-            [argument], _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-            task = envelope["headers"]["task"]
-            found += [(task, d) for d in (argument if task == COINCIDENCE_TASK else [argument])]
+    def envelopes(self, queue: str) -> list[dict]:
+        """The task messages taken and still queued, in the order a worker takes them."""
+        queued = [json.loads(raw) for raw in reversed(self.broker.lrange(queue, 0, -1))]
+        return self.taken.get(queue, []) + queued
+
+    def tasks(self, queue: str, count: int) -> list[tuple[str, dict]]:
+        """(task name, document), once `count` documents were handed on, in the order a
+        worker takes them; a coincidence batch gives one pair per message."""
+        def documents() -> list[tuple[str, dict]]:
+            self.take(queue)
+            found = []
+            for envelope in self.envelopes(queue):
+                [argument], _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+                task = envelope["headers"]["task"]
+                found += [(task, d) for d in (argument if task == COINCIDENCE_TASK
+                                              else [argument])]
+            return found
+
+        wait_for(lambda: len(documents()) >= count, f"{count} documents on {queue}")
+        found = documents()
+        assert len(found) == count, found
         return found
 
-    def start_tasks(self, *queues: str) -> None:
-        """Act as the workers: record every queued task as started."""
+    def wait_committed(self, offset: int, queue: str = "coincidence") -> None:
+        """Act as the workers meanwhile: take every task of `queue` and record it started."""
         store = RedisStore(self.state)
-        for queue in queues:
-            for envelope in self.envelopes(queue):
-                store.mark_received(envelope["headers"][RECEIPT_HEADER])
 
-    def wait_committed(self, offset: int) -> None:
-        wait_for(lambda: self.committed_offset() == offset, f"offset {offset} committed")
+        def committed() -> bool:
+            self.take(queue)
+            for envelope in self.taken.get(queue, []):
+                store.mark_received(envelope["headers"][RECEIPT_HEADER])
+            return self.committed_offset() == offset
+
+        wait_for(committed, f"offset {offset} committed")
 
     def committed_offset(self) -> int:
         consumer = confluent_kafka.Consumer({"bootstrap.servers": self.kafka.address,
@@ -203,8 +221,8 @@ def test_each_message_becomes_one_task_on_its_queue(kafka_service, harness_facto
     publisher.send()
 
     harness.wait_received(8)
-    coincidence_tasks = harness.tasks("coincidence")
-    storage_tasks = harness.tasks("storage")
+    coincidence_tasks = harness.tasks("coincidence", 3)
+    storage_tasks = harness.tasks("storage", 5)
 
     assert [task for task, _ in coincidence_tasks] == [COINCIDENCE_TASK] * 3
     first, second, pt = (document for _, document in coincidence_tasks)
@@ -249,7 +267,6 @@ def test_restart_continues_after_the_committed_offset(kafka_service, harness_fac
     early = [coincidence(detector) for detector in ("IceCube", "JUNO", "Super-K")]
     harness.publish(*early)
     harness.wait_received(3)
-    harness.start_tasks("coincidence")
     harness.wait_committed(3)
     assert ingest.stop() == 0
 
@@ -260,9 +277,8 @@ def test_restart_continues_after_the_committed_offset(kafka_service, harness_fac
     harness.publish(coincidence("NOvA"))  # a sentinel: everything before it has been read
     harness.wait_received(6)
 
-    uuids = [document["uuid"] for _, document in harness.tasks("coincidence")]
+    uuids = [document["uuid"] for _, document in harness.tasks("coincidence", 6)]
     assert uuids[:5] == [m["uuid"] for m in early + late]
-    assert len(uuids) == 6
 
 
 def test_the_offset_waits_for_the_task_to_start_and_a_lost_task_is_sent_again(
@@ -283,11 +299,10 @@ def test_the_offset_waits_for_the_task_to_start_and_a_lost_task_is_sent_again(
              timeout=RESEND_AFTER_S + DEADLINE_S)
     [again] = harness.envelopes("coincidence")
     assert again["headers"][RECEIPT_HEADER] == lost["headers"][RECEIPT_HEADER]
-    assert [d["uuid"] for _, d in harness.tasks("coincidence")] == [message["uuid"]]
+    assert [d["uuid"] for _, d in harness.tasks("coincidence", 1)] == [message["uuid"]]
     assert "not started 10 s after it was sent, with its queue empty" in ingest.log()
     assert harness.committed_offset() < 0
 
-    harness.start_tasks("coincidence")
     harness.wait_committed(1)
 
 
@@ -301,7 +316,6 @@ def test_celery_broker_outage_holds_the_offset_until_the_enqueue(
         before, during = coincidence("IceCube"), coincidence("JUNO")
         harness.publish(before)
         harness.wait_received(1)
-        harness.start_tasks("coincidence")
         harness.wait_committed(1)
 
         port = broker.port
@@ -317,11 +331,10 @@ def test_celery_broker_outage_holds_the_offset_until_the_enqueue(
         wait_for(lambda: ingest.log().count(outage_logged) == 2, "the new ingest retrying")
         broker = localstack.start_redis(port, data_dir=broker_dir, appendonly=True)
         harness.wait_received(2)
-        harness.start_tasks("coincidence")
         harness.wait_committed(2)
         assert ingest.stop() == 0
-        assert [d["uuid"] for _, d in harness.tasks("coincidence")] == [before["uuid"],
-                                                                       during["uuid"]]
+        assert [d["uuid"] for _, d in harness.tasks("coincidence", 2)] == [before["uuid"],
+                                                                          during["uuid"]]
         log = ingest.log()
         assert log.count(outage_logged) == 2  # once per process, not once per attempt
         assert log.count("Celery broker reachable again") == 1
@@ -338,7 +351,6 @@ def test_observation_broker_outage_resumes_without_restart(harness_factory, tmp_
         before, during_restart = coincidence("IceCube"), coincidence("JUNO")
         harness.publish(before)
         harness.wait_received(1)
-        harness.start_tasks("coincidence")
         harness.wait_committed(1)
 
         port = kafka.port
@@ -353,7 +365,7 @@ def test_observation_broker_outage_resumes_without_restart(harness_factory, tmp_
         harness.publish(during_restart)
         harness.wait_received(2)
         assert ingest.process.poll() is None
-        assert [d["uuid"] for _, d in harness.tasks("coincidence")] == [
+        assert [d["uuid"] for _, d in harness.tasks("coincidence", 2)] == [
             before["uuid"], during_restart["uuid"]]
         log = ingest.log()
         assert log.count("observation broker unreachable since") == 1
@@ -383,7 +395,7 @@ def test_publish_examples_arrive_as_test_observations(kafka_service, harness_fac
     assert sum(line.startswith("sent ") for line in three.stdout.splitlines()) == 3
 
     harness.wait_received(23)
-    documents = [document for _, document in harness.tasks("coincidence")]
+    documents = [document for _, document in harness.tasks("coincidence", 23)]
     assert all(d["is_test"] is True for d in documents)
     assert all(d["uuid"] in three.stdout for d in documents[:3])
     times = [parse_time_ns(d["neutrino_time_utc"], "t") for d in documents]
@@ -405,7 +417,7 @@ def test_canary_goes_through_the_ingest_and_its_alert_is_recognised(
 
     uuids = send_canary(settings, state)
     harness.wait_received(2)
-    pair = [document for _, document in harness.tasks("coincidence")]
+    pair = [document for _, document in harness.tasks("coincidence", 2)]
     assert [d["uuid"] for d in pair] == uuids
     assert all(d["meta"]["canary"] is True and d["is_test"] is True for d in pair)
     assert json.loads(state.get(canary.SENT_KEY))["uuids"] == uuids

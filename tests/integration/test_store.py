@@ -198,9 +198,10 @@ def test_an_alert_the_writer_published_itself_skips_the_kafka_task(redis_url, br
     assert svc.store.outbox() == {}
 
 
-def test_deliveries_that_never_start_are_sent_again_until_they_do(redis_url):
-    """An entry stays in the outbox until each delivery task has started; one lost on its way
-    (a Redis crash as kombu moves it) is sent again, unless its queue still holds work."""
+def test_deliveries_that_never_finish_are_sent_again_until_they_do(redis_url):
+    """An entry stays in the outbox until each delivery task has finished; one lost on its way
+    (a Redis crash as kombu moves it) or with its worker is sent again, unless its queue still
+    holds work or it waits for a retry."""
     svc, sent = service(redis_url)
     svc.handle(h.observation("Super-K", 0).to_dict(), now_ns=NOW)
     svc.handle(h.observation("IceCube", 1).to_dict(), now_ns=NOW)
@@ -209,17 +210,22 @@ def test_deliveries_that_never_start_are_sent_again_until_they_do(redis_url):
     first = list(sent)
     sent.clear()
 
-    assert svc.resend_unstarted(older_than_s=0, queue_is_empty=lambda task: False) == 0
-    assert svc.resend_unstarted(older_than_s=3600, queue_is_empty=lambda task: True) == 0
+    assert svc.resend_unfinished(older_than_s=0, queue_is_empty=lambda task: False) == 0
+    assert svc.resend_unfinished(older_than_s=3600, queue_is_empty=lambda task: True) == 0
     assert sent == []
-    assert svc.resend_unstarted(older_than_s=0, queue_is_empty=lambda task: True) == 5
+    assert svc.resend_unfinished(older_than_s=0, queue_is_empty=lambda task: True) == 5
     assert sorted(sent, key=repr) == sorted(first, key=repr)  # 2 observations, 3 alert tasks
 
     sent.clear()
+    svc.store.deliveries_retrying([key], "snews.slack.post_alert", due_s=60)
+    assert svc.resend_unfinished(older_than_s=0, queue_is_empty=lambda task: True) == 4
+    assert "snews.slack.post_alert" not in {task for task, _ in sent}
+
+    sent.clear()
     for task, document in first:
-        entry = f"alert:{alert['alert_id']}:1" if "alert_id" in document \
-            else f"observation:{document['uuid']}"
-        svc.store.deliveries_started([entry], task)
-    assert svc.resend_unstarted(older_than_s=0, queue_is_empty=lambda task: True) == 0
+        entry = key if "alert_id" in document else f"observation:{document['uuid']}"
+        svc.store.deliveries_done([entry], task)
+    assert svc.resend_unfinished(older_than_s=0, queue_is_empty=lambda task: True) == 0
     assert sent == [] and svc.store.client.hlen(svc.store.key("outbox")) == 0
     assert not svc.store.client.exists(svc.store.key("outbox", "wait", key))
+    assert not svc.store.client.exists(svc.store.key("outbox", "retry"))

@@ -251,6 +251,8 @@ BAD_PAYLOADS = [
     (_nested_json(33), "meta", "nested deeper than 32 levels"),
     (b'{"meta":' + b"[" * 5000 + b"]" * 5000 + b"}", "payload", "nested deeper than 32 levels"),
     ({"meta": {"when": datetime(2026, 1, 1)}}, "meta", "unsupported type datetime (at meta.when)"),
+    ({"": 2**63}, '""', "is an integer outside the 64-bit range"),
+    ({"": {"x": 2**63}}, '""', 'outside the 64-bit range (at "".x)'),
     (_shared_reference_pickle(), "payload", f"over the limit of {LIMIT} bytes as JSON"),
     (pickle.dumps([COINCIDENCE]), "payload", "holds a list, not a SNEWS message model"),
 ]
