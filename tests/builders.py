@@ -85,3 +85,15 @@ class Sent(list):
 
     def __call__(self, task: str, argument: object, headers: dict) -> None:
         self.extend((task, d) for d in (argument if isinstance(argument, list) else [argument]))
+
+
+class Reduces:
+    """Pickles as the call `function(*arguments)`: what a hostile sender's payload does when
+    something unpickles it the ordinary way."""
+
+    def __init__(self, function: object, arguments: tuple) -> None:
+        self.function = function
+        self.arguments = arguments
+
+    def __reduce__(self) -> tuple:
+        return self.function, self.arguments

@@ -409,6 +409,37 @@ from kombu import Connection  # noqa: E402
 from snews_tasks.ingest import LAST_POLL_KEY  # noqa: E402  (no Celery app at import)
 
 
+class IngestProcess:
+    """One `snews-tasks ingest` subprocess in its own process group (so it can be SIGKILLed
+    whole), with its log kept for assertions."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "snews_tasks.cli", "ingest"], env=env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=log_path.parent, start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, as docker and `up` stop it; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"ingest ignored SIGTERM\n{self.log()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL the group, as a crash or the OOM killer would."""
+        _signal_group(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
 def start_ingest(pipeline: Pipeline) -> Worker:
     """workers/ingest with the pipeline's settings; returns after its first poll.
 

@@ -36,6 +36,7 @@ from snews.models.messages import HeartbeatMessage
 from snews_pt.messages import Publisher
 from snews_pt.snews_sub import display, save_message
 
+from pipeline import IngestProcess
 from slack_api import FakeSlackApi
 from snews_tasks import localstack
 from snews_tasks.messages import format_time_ns
@@ -321,19 +322,8 @@ _READING = re.compile(r"reading (\S+) from partition 0 offset (\d+)")
 _HANDED_ON = re.compile(r"CoincidenceTier from \S+ \(uuid ([0-9a-f-]+)\)")
 
 
-class IngestProcess:
-    """`snews-tasks ingest` in its own process group, so it can be SIGKILLed whole."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "snews_tasks.cli", "ingest"], env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class StreamIngest(IngestProcess):
+    """The ingest with what this test reads from its log."""
 
     def handed_on(self) -> list[str]:
         """Uuids of the messages it enqueued (each is logged just before its enqueue)."""
@@ -346,12 +336,6 @@ class IngestProcess:
         found = _READING.search(self.log())
         assert found is not None, self.log()
         return int(found.group(2))
-
-    def kill(self) -> None:
-        """SIGKILL the group, as a crash or the OOM killer would."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
 
 
 def stream_message(neutrino_ns: int) -> dict:
@@ -383,7 +367,7 @@ def test_ingest_killed_mid_stream_loses_nothing(stack: WholeStack, tmp_path: Pat
     streaming, while_dead, after_restart = messages[:150], messages[150:225], messages[225:]
     sent = {message["uuid"] for message in messages}
 
-    ingests = [IngestProcess(env, tmp_path / "ingest-1.log")]
+    ingests = [StreamIngest(env, tmp_path / "ingest-1.log")]
     try:
         ingests[0].start_offset(stack)
         publisher = threading.Thread(target=produce,
@@ -396,7 +380,7 @@ def test_ingest_killed_mid_stream_loses_nothing(stack: WholeStack, tmp_path: Pat
         publisher.join()
         produce(stack.kafka_address, topic, while_dead)
 
-        ingests.append(IngestProcess(env, tmp_path / "ingest-2.log"))
+        ingests.append(StreamIngest(env, tmp_path / "ingest-2.log"))
         resumed_at = ingests[1].start_offset(stack)
         produce(stack.kafka_address, topic, after_restart)
 

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from snews.models.messages import CoincidenceTierMessage
 
 import builders as h
+from builders import Reduces
 from pipeline import pipelines, slack, start_ingest  # noqa: F401  (fixtures)
 from snews_tasks import localstack
 from snews_tasks.coincidence import LIVE
@@ -62,17 +63,6 @@ REQUIRED_FIELDS = ("tier", "uuid", "detector_name", "neutrino_time_utc")
 Hostile = tuple[str, object, frozenset[str]]
 
 
-class _Reduces:
-    """Pickles as the call `function(*arguments)`: what an attacker's payload does on load."""
-
-    def __init__(self, function: object, arguments: tuple) -> None:
-        self.function = function
-        self.arguments = arguments
-
-    def __reduce__(self) -> tuple:
-        return self.function, self.arguments
-
-
 def malicious_pickles(canary: Path) -> list[bytes]:
     """Pickles that create `canary` if anything unpickles them the ordinary way."""
     touch = f"touch {canary}"
@@ -81,11 +71,11 @@ def malicious_pickles(canary: Path) -> list[bytes]:
         warnings.simplefilter("ignore", DeprecationWarning)  # snews-data-formats via numpy
         in_meta = CoincidenceTierMessage(detector_name="Super-K",
                                          neutrino_time_utc=format_time_ns(time.time_ns()),
-                                         meta={"calibration": [_Reduces(os.system, (touch,))]})
-    attacks = [_Reduces(os.system, (touch,)),
-               _Reduces(subprocess.Popen, (["touch", str(canary)],)),
-               _Reduces(eval, (opener,)), _Reduces(exec, (opener,)),
-               _Reduces(open, (str(canary), "w")), in_meta]
+                                         meta={"calibration": [Reduces(os.system, (touch,))]})
+    attacks = [Reduces(os.system, (touch,)),
+               Reduces(subprocess.Popen, (["touch", str(canary)],)),
+               Reduces(eval, (opener,)), Reduces(exec, (opener,)),
+               Reduces(open, (str(canary), "w")), in_meta]
     return [pickle.dumps(attack, protocol=protocol) for attack in attacks for protocol in (2, 5)]
 
 

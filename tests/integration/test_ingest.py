@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from hop.io import Stream
 from hop.models import Blob, JSONBlob
 from snews_pt.messages import Publisher
 
+from pipeline import IngestProcess
 from snews_tasks import localstack
 from snews_tasks.ingest import (COINCIDENCE_TASK, ENQUEUED_KEY, LAST_POLL_KEY, RECEIVED_KEY,
                                 REJECTED_KEY)
@@ -43,32 +43,6 @@ GROUP_ID = "snews-tasks-ingest-test"
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLINE_S) -> None:
     localstack.wait_until(lambda: bool(predicate()), timeout, what)
-
-
-class IngestProcess:
-    """One `snews-tasks ingest` subprocess; its log is kept for assertions."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "snews_tasks.cli", "ingest"], env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=log_path.parent)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self) -> int:
-        """SIGTERM, as docker and `up` stop it; returns the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"ingest ignored SIGTERM\n{self.log()}") from None
 
 
 class Harness:

@@ -6,22 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from builders import Reduces
 from payloads import coincidence_model, published_blobs, recent_time_utc, tier_models
 from snews.models.messages import Tier as SnewsTier
 
 from snews_tasks.messages import MessageError, Tier
 from snews_tasks.pickle_decoder import decode_pickled_model
-
-
-class _Reduces:
-    """Pickles as a call of `function(*arguments)`: what a hostile sender would craft."""
-
-    def __init__(self, function: object, arguments: tuple) -> None:
-        self.function = function
-        self.arguments = arguments
-
-    def __reduce__(self) -> tuple:
-        return self.function, self.arguments
 
 
 def _text(text: str) -> bytes:
@@ -67,17 +57,17 @@ def test_what_the_publisher_sends_decodes() -> None:
 @pytest.mark.parametrize(
     ("attack", "disallowed"),
     [
-        (lambda target: _Reduces(os.system, (f"touch {target}",)), "posix.system"),
-        (lambda target: _Reduces(open, (str(target), "w")), "io.open"),
-        (lambda target: _Reduces(subprocess.Popen, (["touch", str(target)],)), "subprocess.Popen"),
-        (lambda target: _Reduces(builtins.eval, (f"open({str(target)!r}, 'w')",)), "builtins.eval"),
-        (lambda target: _Reduces(builtins.exec, (f"open({str(target)!r}, 'w')",)), "builtins.exec"),
-        (lambda target: _Reduces(getattr, (Path, "touch")), "builtins.getattr"),
+        (lambda target: Reduces(os.system, (f"touch {target}",)), "posix.system"),
+        (lambda target: Reduces(open, (str(target), "w")), "io.open"),
+        (lambda target: Reduces(subprocess.Popen, (["touch", str(target)],)), "subprocess.Popen"),
+        (lambda target: Reduces(builtins.eval, (f"open({str(target)!r}, 'w')",)), "builtins.eval"),
+        (lambda target: Reduces(builtins.exec, (f"open({str(target)!r}, 'w')",)), "builtins.exec"),
+        (lambda target: Reduces(getattr, (Path, "touch")), "builtins.getattr"),
     ],
     ids=["os.system", "open", "Popen", "eval", "exec", "getattr"],
 )
 def test_code_execution_is_refused_before_anything_runs(
-    tmp_path: Path, attack: Callable[[Path], _Reduces], disallowed: str
+    tmp_path: Path, attack: Callable[[Path], Reduces], disallowed: str
 ) -> None:
     target = tmp_path / "pwned"
     error = _rejection(pickle.dumps(attack(target)))
@@ -87,7 +77,7 @@ def test_code_execution_is_refused_before_anything_runs(
 
 def test_disallowed_global_nested_in_meta_of_a_real_model_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "from-meta"
-    model = coincidence_model(meta={"calibration": [_Reduces(os.system, (f"touch {target}",))]})
+    model = coincidence_model(meta={"calibration": [Reduces(os.system, (f"touch {target}",))]})
     assert "disallowed global 'posix.system'" in str(_rejection(pickle.dumps(model)))
     assert not target.exists()
 
