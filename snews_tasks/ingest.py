@@ -191,11 +191,16 @@ class KafkaSource:
         partitions = self._partitions(OPEN_TIMEOUT_S)
         try:
             committed = self._consumer.committed(partitions, timeout=OPEN_TIMEOUT_S)
-            for partition in committed:
-                if partition.offset < 0:
-                    low, high = self._consumer.get_watermark_offsets(
-                        partition, timeout=OPEN_TIMEOUT_S)
-                    partition.offset = low if start_at == "earliest" else high
+            fresh = [p for p in committed if p.offset < 0]
+            for partition in fresh:
+                low, high = self._consumer.get_watermark_offsets(
+                    partition, timeout=OPEN_TIMEOUT_S)
+                partition.offset = low if start_at == "earliest" else high
+            if fresh:
+                # Committed at once: offsets are otherwise committed only once tasks have
+                # started, and a crash before the first such commit would restart at "latest",
+                # past everything published meanwhile.
+                self._consumer.commit(offsets=fresh, asynchronous=False)
         except confluent_kafka.KafkaException as error:
             raise SourceUnavailable(error.args[0].str()) from None
         self._consumer.assign(committed)
