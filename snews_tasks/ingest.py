@@ -535,8 +535,10 @@ class Ingest:
         except ENQUEUE_ERRORS as error:
             self.celery_broker.down(f"{type(error).__name__}: {error}")
             return
+        documents = task.argument if isinstance(task.argument, list) else [task.argument]
         log.warning("%s (receipt %s) not started %.0f s after it was sent, with its queue "
-                    "empty: sending it again", task.task, task.receipt, RESEND_AFTER_S)
+                    "empty: sending it again (uuids: %s)", task.task, task.receipt,
+                    RESEND_AFTER_S, " ".join(str(d.get("uuid")) for d in documents))
         self._enqueue(task)
 
     def _report(self, counts: dict[str, int]) -> None:

@@ -79,6 +79,7 @@ DRAIN_TIMEOUT_S = 240.0  # only a lost or stuck message reaches it
 # What a notify worker logs for each failed delivery attempt it will retry (tasks/delivery.py).
 RETRIED = re.compile(r"^.*: attempt \d+ failed .*retrying in", re.MULTILINE)
 SLACK_KEY = re.compile(r"alert (\S+) rev (\d+)")
+RESENT = re.compile(r"sending it again \(uuids: ([^)]*)\)")
 
 
 # -- the stream ----------------------------------------------------------------------------------
@@ -652,7 +653,12 @@ def test_nothing_is_lost(scenario: Scenario, fault_run: Callable[..., FaultRun])
     run.start()
     may_move = scenario.inject(run)
     run.settle()
-    run.assert_nothing_lost(may_move=may_move)
+    # A batch the ingest sent again (taken by a worker and lost before any record of it,
+    # e.g. the writer killed between BRPOP and its unacked record) is applied when it comes.
+    ingest_logs = "".join(w.log() for w in run.pipeline.workers if w.name.startswith("ingest"))
+    resent = {u for uuids in RESENT.findall(ingest_logs) for u in uuids.split()}
+    run.figures["resent_by_ingest"] = len(resent)
+    run.assert_nothing_lost(may_move=may_move | resent)
     run.figures["run_s"] = round(time.monotonic() - started, 1)
     print(f"FIGURES {scenario.name} {json.dumps(run.figures, sort_keys=True)}")
     logs = "".join(worker.log() for worker in run.pipeline.workers)
