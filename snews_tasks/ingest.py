@@ -560,12 +560,14 @@ class Ingest:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "ingest",
-        help="read the observation topic and enqueue one task per message",
+        help="read the observation topic and enqueue its messages as Celery tasks",
         description=(
             "Consume the observation topic (SNEWS_KAFKA_URL/SNEWS_OBSERVATION_TOPIC) as consumer "
-            "group snews-tasks-ingest-<mode> and enqueue one Celery task per message: "
-            "CoincidenceTier and Retraction to the coincidence queue, the other tiers and "
-            "rejects to the storage queue. Offsets are committed only after the enqueue. "
+            "group snews-tasks-ingest-<mode>. CoincidenceTier and Retraction messages go to the "
+            "coincidence queue, batched while the writer is busy (up to 500 per task); the "
+            "other tiers and rejects go to the storage queue, one task each. Offsets are "
+            "committed only once a worker has started the tasks made from them; a task not "
+            "started 10 s after its send, with its queue empty, is sent again. "
             "Runs until SIGTERM or Ctrl-C."
         ),
     )

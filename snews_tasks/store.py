@@ -161,10 +161,6 @@ class WriteView:
         self.outbox[key] = json.dumps({**entry, "staged_at": order[0], "order": order})
         self._command("HSET", self.key("outbox"), key, self.outbox[key])
 
-    def stage_receipt(self, receipt: str) -> None:
-        """Tells the sender of a batch that it was taken, in the commit that applied it."""
-        self._command("SET", self.key("receipt", receipt), "1", "EX", RECEIPT_TTL_S)
-
     def forget_processed(self, before_ns: int) -> None:
         self.copy.forget_processed(before_ns)
         self._command("ZREMRANGEBYSCORE", self.key("processed"), "-inf", _score(before_ns))

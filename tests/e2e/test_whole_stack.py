@@ -400,7 +400,7 @@ def test_ingest_killed_mid_stream_loses_nothing(stack: WholeStack, tmp_path: Pat
 
     print(f"the first ingest handed on {handed_on_before_kill} before SIGKILL, the second "
           f"resumed at offset {resumed_at}; {len(read) - len(sent)} read twice")
-    # Offsets are committed only after the enqueue: the restart skips nothing unhanded.
+    # Offsets are committed only once tasks have started: the restart skips nothing unhanded.
     assert resumed_at <= handed_on_before_kill
     assert set(read) == sent
     assert len(stored_uuids) == len(set(stored_uuids)) == len(sent)
