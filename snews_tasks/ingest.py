@@ -47,6 +47,7 @@ import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -339,6 +340,7 @@ class Ingest:
                                           socket_connect_timeout=2)
         self.receipts = RedisStore(self.state)
         self.unconfirmed: deque[Poll] = deque()
+        self._unconfirmed_tasks = 0  # tasks in `unconfirmed`, kept so the loop need not count
         # Polls handled since the last coincidence task was sent, and its messages held back.
         self._gathering = Poll({}, [])
         self._held: list[dict] = []
@@ -381,7 +383,7 @@ class Ingest:
         probe_backoff = Backoff()
         next_probe = 0.0
         while not self._stopping.is_set():
-            waiting = sum(len(p.tasks) for p in self.unconfirmed)
+            waiting = self._unconfirmed_tasks
             if waiting >= MAX_UNCONFIRMED:  # the workers are gone: leave the rest in Kafka
                 self._stopping.wait(POLL_TIMEOUT_S)
                 batch = []
@@ -479,6 +481,7 @@ class Ingest:
             self._held = []
         if not self._held and (self._gathering.offsets or self._gathering.tasks):
             self.unconfirmed.append(self._gathering)
+            self._unconfirmed_tasks += len(self._gathering.tasks)
             self._gathering = Poll({}, [])
 
     def _writer_waiting(self) -> bool:
@@ -509,8 +512,8 @@ class Ingest:
         if not self.unconfirmed or now < self._next_receipt_check:
             return
         self._next_receipt_check = now + RECEIPT_CHECK_S
-        waiting = [t for p in self.unconfirmed for t in p.tasks if not t.started]
-        waiting = waiting[:RECEIPT_CHECK_MAX]
+        waiting = list(islice((t for p in self.unconfirmed for t in p.tasks if not t.started),
+                              RECEIPT_CHECK_MAX))
         try:
             started = self.receipts.received([t.receipt for t in waiting])
         except redis.RedisError as error:
@@ -520,7 +523,9 @@ class Ingest:
             task.started = done
         offsets: dict[tuple[str, int], int] = {}
         while self.unconfirmed and all(t.started for t in self.unconfirmed[0].tasks):
-            offsets.update(self.unconfirmed.popleft().offsets)
+            confirmed = self.unconfirmed.popleft()
+            self._unconfirmed_tasks -= len(confirmed.tasks)
+            offsets.update(confirmed.offsets)
         if offsets:
             source.commit(offsets)
         for task in waiting:
