@@ -7,7 +7,7 @@ For each background rate, a fresh deployment (load.py: servers, ingest,
 coincidence and notify workers) gets the background stream plus a completing
 pair every --coincidence-every-s until --alerts alerts are due, and each
 alert's latency is measured as load.py describes: in-system (ingest receive
-to the alert record's timestamp) and wire to wire (produce to a subscriber),
+to the broker's acknowledgement of the alert) and wire to wire (produce to a subscriber),
 with subscribers at fetch.wait.max.ms 10 and at librdkafka's default 500,
 beside the bare broker round trip measured in the same run. Writes its section
 of RESULTS.md and bench/latency.png.

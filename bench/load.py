@@ -30,8 +30,10 @@ Measured per completing observation:
   wire to wire   its produce call until a subscriber received the alert, with
                  fetch.wait.max.ms 10 and with librdkafka's default 500
   in-system      the ingest receiving it (the ingest's log line, 1 ms) until the
-                 alert record's timestamp (the producer's send, 1 ms: the writer
-                 publishes the alerts it commits itself)
+                 publisher saw the broker acknowledge the alert (its "acknowledged"
+                 log line, 1 ms: the writer publishes the alerts it commits itself),
+                 split at the coincidence task's start (the alert's sent_time_utc)
+                 and the alert record's timestamp (the produce call, 1 ms)
 
 beside the broker floor measured in the same run: a bare producer sending a
 probe every 100 ms to a topic of its own, the time to its delivery report
@@ -99,6 +101,8 @@ SAMPLED = (*QUEUES, BACKLOG)  # what QueueSampler records
 INGEST_GROUP = "snews-tasks-ingest-{mode}"  # the ingest's consumer group (ingest.run)
 _INGEST_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO snews_tasks\.ingest: "
                           r"CoincidenceTier from \S+ \(uuid ([0-9a-f-]+)\)", re.MULTILINE)
+_ACK_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/[^]]+\] "
+                       r"alert (\S+) revision \d+ \(NEW\) acknowledged on ", re.MULTILINE)
 
 
 # -- the machine and RESULTS.md -------------------------------------------------------------------
@@ -403,11 +407,14 @@ class QueueSampler(threading.Thread):
         self.client.close()
 
 
-def ingest_receive_times(log_text: str) -> dict[str, int]:
-    """uuid -> when the ingest logged receiving it (ns; the log has ms, local time)."""
-    return {match.group(2): int(datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
-                                .timestamp() * 1000) * 1_000_000
-            for match in _INGEST_LINE.finditer(log_text)}
+def logged_times(log_text: str, line: re.Pattern[str]) -> dict[str, int]:
+    """key (the line's second group) -> when it was first logged (ns; the log has ms, local
+    time): the ingest's receipt of a uuid, a publisher's acknowledgement of a NEW alert."""
+    found: dict[str, int] = {}
+    for match in line.finditer(log_text):
+        logged = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        found.setdefault(match.group(2), int(logged.timestamp() * 1000) * 1_000_000)
+    return found
 
 
 # -- the deployment -------------------------------------------------------------------------------
@@ -590,6 +597,7 @@ class LoadRun:
     in_system: list[float]
     ingest_to_task: list[float]
     task_to_alert: list[float]
+    alert_to_ack: list[float]
     produce_to_ingest: list[float]
     floor_ack: list[float]
     floor_fast: list[float]
@@ -660,14 +668,15 @@ def run_load(deployment: Deployment, rate: float, duration_s: float,
         floor.stop()
         for subscriber in subscribers.values():
             subscriber.stop()
-    received = ingest_receive_times(deployment.ingest.log())
+    received = logged_times(deployment.ingest.log(), _INGEST_LINE)
+    acked = logged_times("".join(w.log() for w in pipeline.workers), _ACK_LINE)
     fast = _first_alert_arrivals(subscribers[FAST_FETCH_WAIT_MS])
     default = _first_alert_arrivals(subscribers[None])
     measured = {u: t for u, t in produced.items() if u in fast}
     run = LoadRun(rate=rate, pair_every_s=pair_every_s, scheduled_span_s=duration_s,
                   achieved_span_s=span_s, published=len(stream), completing=len(produced),
                   wire_fast=[], wire_default=[], in_system=[], ingest_to_task=[],
-                  task_to_alert=[], produce_to_ingest=[], floor_ack=floor.acks_ms,
+                  task_to_alert=[], alert_to_ack=[], produce_to_ingest=[], floor_ack=floor.acks_ms,
                   floor_fast=floor.round_trips_ms(FAST_FETCH_WAIT_MS),
                   floor_default=floor.round_trips_ms(None), depths=sampler.samples,
                   processed=deployment.processed(), cpu=shares)
@@ -678,8 +687,11 @@ def run_load(deployment: Deployment, rate: float, duration_s: float,
         if uuid in default:
             run.wire_default.append((default[uuid][0] - sent_ns) / 1e6)
         run.task_to_alert.append(record_ms - task_ns / 1e6)
-        if uuid in received:
-            run.in_system.append(record_ms - received[uuid] / 1e6)
+        ack_ns = acked.get(alert["alert_id"])
+        if ack_ns is not None:
+            run.alert_to_ack.append(ack_ns / 1e6 - record_ms)
+        if uuid in received and ack_ns is not None:
+            run.in_system.append((ack_ns - received[uuid]) / 1e6)
             run.ingest_to_task.append((task_ns - received[uuid]) / 1e6)
             run.produce_to_ingest.append((received[uuid] - sent_ns) / 1e6)
     return run
@@ -690,10 +702,11 @@ def run_load(deployment: Deployment, rate: float, duration_s: float,
 LATENCY_ROWS = (
     ("wire to wire, subscriber fetch.wait.max.ms=10", "wire_fast"),
     ("wire to wire, subscriber fetch.wait.max.ms=500 (default)", "wire_default"),
-    ("in-system: ingest receive -> alert record timestamp", "in_system"),
+    ("in-system: ingest receive -> broker ack of the alert", "in_system"),
     ("  produce -> ingest receive", "produce_to_ingest"),
     ("  ingest receive -> coincidence task start", "ingest_to_task"),
-    ("  coincidence task start -> alert record timestamp", "task_to_alert"),
+    ("  coincidence task start -> alert produce call (record timestamp)", "task_to_alert"),
+    ("  alert produce call -> broker ack logged", "alert_to_ack"),
     ("floor: bare produce -> broker ack", "floor_ack"),
     ("floor: bare produce -> consume, fetch.wait.max.ms=10", "floor_fast"),
     ("floor: bare produce -> consume, fetch.wait.max.ms=500", "floor_default"),

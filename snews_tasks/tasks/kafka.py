@@ -132,9 +132,13 @@ class AlertPublisher:
                 results.append(TimeoutError(
                     f"Kafka gave no delivery report for alert {alert['alert_id']} on topic "
                     f"{self.topic_for(alert)} within {wait_s:g} s"))
+            elif reports[i] is not None:
+                results.append(KafkaException(reports[i]))
             else:
-                error = reports[i]
-                results.append(None if error is None else KafkaException(error))
+                results.append(None)
+                logger.info("alert %s revision %s (%s) acknowledged on %s", alert["alert_id"],
+                            alert.get("revision"), alert.get("alert_type"),
+                            self.topic_for(alert))
         return results
 
     def close(self) -> None:

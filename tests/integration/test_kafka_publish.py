@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -79,13 +80,18 @@ def publish_with_hang_limit(publisher: AlertPublisher, message: dict) -> BaseExc
     return outcome[0]
 
 
-def test_alerts_arrive_as_json_in_order(kafka_service, topics_and_publisher) -> None:
+def test_alerts_arrive_as_json_in_order(kafka_service, topics_and_publisher, caplog) -> None:
+    """...and each acknowledgement is logged, so an operator sees when an alert went out."""
     settings, publisher = topics_and_publisher
     sent = [alert("c-1"), alert("c-1", 2, alert_type="UPDATE", p_values=[0.01, 0.2])]
-    for message in sent:
-        publisher.publish(message)
+    with caplog.at_level(logging.INFO, logger="snews_tasks.tasks.kafka"):
+        for message in sent:
+            publisher.publish(message)
     assert read_topic(kafka_service, settings.alert_topic) == sent
     assert read_topic(kafka_service, settings.test_alert_topic) == []
+    assert [r.getMessage() for r in caplog.records if "acknowledged" in r.getMessage()] == [
+        f"alert c-1 revision 1 (NEW) acknowledged on {settings.alert_topic}",
+        f"alert c-1 revision 2 (UPDATE) acknowledged on {settings.alert_topic}"]
 
 
 def test_test_alerts_go_only_to_the_test_topic(kafka_service, topics_and_publisher) -> None:
