@@ -423,19 +423,11 @@ class Ingest:
             log.warning("reading the observation topic: %s", error.str())
 
     def _parse(self, message: confluent_kafka.Message) -> Message:
-        """Any failure to decode is a reject: a message that crashed the ingest would be read
-        again after every restart and block everything behind it."""
         hop_format = _hop_format(message)
         if hop_format not in OBSERVATION_FORMATS:
             raise MessageError("format", f"hop message format {hop_format!r} does not carry "
                                          "an observation message (expected blob or json)")
-        try:
-            return self.processor.parse(message.value() or b"")
-        except MessageError:
-            raise
-        except Exception as error:
-            log.exception("decoding the message at offset %d failed", message.offset())
-            raise MessageError(None, f"internal error while decoding: {error!r}") from error
+        return self.processor.parse(message.value() or b"")
 
     def _handle(self, messages: list[confluent_kafka.Message]) -> dict[str, int]:
         received_ns = time.time_ns()

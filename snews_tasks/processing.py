@@ -6,15 +6,19 @@ which tier goes where, so replay reproduces the worker exactly.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from .alerts import build_alert
 from .coincidence import Changes, CoincidenceEngine, NewId, StateView, namespace_of
-from .messages import Message, Tier, check_freshness, decode_payload, format_time_ns, parse_message
+from .messages import (Message, MessageError, Tier, check_freshness, decode_payload,
+                       format_time_ns, parse_message)
 from .settings import Settings
 
 NS_PER_S = 1_000_000_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,9 +43,18 @@ class Processor:
         self.engine = CoincidenceEngine(self.threshold_ns, self.lifetime_ns)
 
     def parse(self, payload: object) -> Message:
-        """Decode and validate; raises MessageError naming the field and the problem."""
-        data = decode_payload(payload, max_bytes=self.settings.max_payload_bytes)
-        return parse_message(data, detectors=self.settings.detectors)
+        """Decode and validate; raises MessageError naming the field and the problem. A bug
+        in the decoder is a MessageError too: a message that crashed the ingest would be read
+        again after every restart and block everything behind it, and the writer and replay
+        must treat it alike."""
+        try:
+            data = decode_payload(payload, max_bytes=self.settings.max_payload_bytes)
+            return parse_message(data, detectors=self.settings.detectors)
+        except MessageError:
+            raise
+        except Exception as error:
+            log.exception("decoding a message failed")
+            raise MessageError(None, f"internal error while decoding: {error!r}") from error
 
     def check_fresh(self, message: Message, now_ns: int) -> None:
         check_freshness(message, now_ns=now_ns, max_age_ns=self.lifetime_ns,

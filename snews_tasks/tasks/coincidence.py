@@ -168,9 +168,6 @@ class CoincidenceService:
                 raise MessageError("tier", f"{message.tier.value} messages go to the storage queue")
         except MessageError as error:
             return error
-        except Exception as error:  # a decoder bug: recorded like any unreadable message
-            log.exception("decoding a message failed")
-            return MessageError(None, f"internal error while decoding: {error!r}")
         return message
 
     def expire(self, now_ns: int) -> dict[str, str]:

@@ -6,11 +6,13 @@ reject), and nothing in a payload may run code.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import pickle
 import pickletools
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +20,9 @@ from snews.models.messages import CoincidenceTierMessage
 
 from builders import observation, settings as unit_settings
 from snews_tasks.messages import Message, MessageError
+from snews_tasks import processing
 from snews_tasks.processing import Processor
+from snews_tasks.replay import Replayer, replay_lines
 
 PROCESSOR = Processor(unit_settings())
 VALID = observation("Super-K", 0).to_dict()
@@ -115,3 +119,24 @@ def test_every_opcode_that_imports_is_refused_outside_the_allow_list(tmp_path):
         pickletools.dis(attack, out=open(tmp_path / "dis.txt", "w"))  # they are valid pickles
         assert outcome(attack) == "rejected"
     assert not canary.exists()
+
+
+def test_a_decoder_bug_is_a_reject_everywhere_the_processor_parses(monkeypatch):
+    """A message that trips a bug in the decoder is rejected, naming the error, by the parse
+    the ingest, the writer and replay share: replay goes on to the next line as the worker
+    would, instead of crashing on it."""
+    def buggy(data, **_):
+        if data.get("detector_name") == "JUNO":
+            raise KeyError("a bug")
+        return real(data, **_)
+
+    real = processing.parse_message
+    monkeypatch.setattr(processing, "parse_message", buggy)
+    bad, good = observation("JUNO", 0), observation("IceCube", 1)
+    with pytest.raises(MessageError, match="internal error while decoding: KeyError"):
+        PROCESSOR.parse(json.dumps(bad.to_dict()).encode())
+    err = io.StringIO()
+    report = replay_lines([json.dumps(bad.to_dict()), json.dumps(good.to_dict())],
+                          Replayer(PROCESSOR), out=io.StringIO(), err=err)
+    assert (report.lines, report.rejected) == (2, 1)
+    assert err.getvalue().startswith("line 1: rejected: ") and "a bug" in err.getvalue()
