@@ -434,7 +434,8 @@ def main() -> None:
                         help="measure ours only; needs no reference virtualenv")
     parser.add_argument("--cap-s", type=float, default=120.0,
                         help="seconds the reference gets per size")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1,
+                        help="random seed of the streams (both implementations get the same)")
     args = parser.parse_args()
     if args.cap_s <= 0:
         parser.error(f"--cap-s: must be > 0, got {args.cap_s}")

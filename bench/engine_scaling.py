@@ -60,9 +60,12 @@ def measure(size: int, messages: int, rng: random.Random) -> tuple[float, float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sizes", default="1000,10000,100000",
+                        help="cached observations to measure at, comma-separated")
+    parser.add_argument("--messages", type=int, default=2000,
+                        help="fresh observations timed per size")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="random seed of the probes' places in the cache")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     print(f"{'cached':>8} {'median us/msg':>14} {'p99 us/msg':>11} {'alert events':>13}")

@@ -1,7 +1,7 @@
 """Alert latency under background load: 0, 100 and 500 observations/s.
 
     .venv/bin/python bench/latency_under_load.py [--rates 0,100,500] [--alerts 200]
-                                                 [--coincidence-every-s 0.5]
+                                                 [--coincidence-every-s 0.5] [--busy-loops 0]
 
 For each background rate, a fresh deployment (load.py: servers, ingest,
 coincidence and notify workers) gets the background stream plus a completing
@@ -11,12 +11,19 @@ to the broker's acknowledgement of the alert) and wire to wire (produce to a sub
 with subscribers at fetch.wait.max.ms 10 and at librdkafka's default 500,
 beside the bare broker round trip measured in the same run. Writes its section
 of RESULTS.md and bench/latency.png.
+
+--busy-loops N runs N busy-looping processes for the whole measurement: the
+CPUs shared with other work, as on a crowded host. Such a run writes a section
+of its own (and bench/latency-busy.png), beside the quiet one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,7 +33,9 @@ from load import (BENCH_DIR, CPU_NOTE, SAMPLED, LoadRun, command_line,  # noqa: 
                   percentile, run_load, summary, write_section)
 
 SECTION_TITLE = "Alert latency under background load"
+BUSY_SECTION_TITLE = "Alert latency under background load, CPUs shared with busy loops"
 FIGURE_FILE = BENCH_DIR / "latency.png"
+BUSY_FIGURE_FILE = BENCH_DIR / "latency-busy.png"
 GOAL_P50_MS, GOAL_P99_MS, GOAL_RATE = 10.0, 50.0, 100.0
 SERIES = (  # (label, LoadRun field, plot style)
     ("in-system", "in_system", "-"),
@@ -67,7 +76,20 @@ def verdict(runs: list[LoadRun]) -> str:
             f"{'met' if met else 'not met'}.")
 
 
-def plot(runs: list[LoadRun]) -> None:
+@contextlib.contextmanager
+def busy_loops(count: int) -> Iterator[None]:
+    """`count` processes that only burn CPU, stopped on exit."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+             for _ in range(count)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+def plot(runs: list[LoadRun], figure_file: Path) -> None:
     """One panel per background rate: the distribution (ECDF) of each measure, log time axis."""
     import matplotlib
 
@@ -89,27 +111,35 @@ def plot(runs: list[LoadRun]) -> None:
     panels[0][0].set_ylabel("fraction of alerts (probes for the floor)")
     panels[0][0].legend(loc="lower right", fontsize="small")
     figure.tight_layout()
-    figure.savefig(FIGURE_FILE, dpi=110)
+    figure.savefig(figure_file, dpi=110)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="0,100,500")
-    parser.add_argument("--alerts", type=int, default=200)
-    parser.add_argument("--coincidence-every-s", type=float, default=0.5)
+    parser.add_argument("--rates", default="0,100,500",
+                        help="background observations/s, comma-separated, one deployment each")
+    parser.add_argument("--alerts", type=int, default=200, help="alerts measured per rate")
+    parser.add_argument("--coincidence-every-s", type=float, default=0.5,
+                        help="seconds between the completing pairs, each making one alert")
+    parser.add_argument("--busy-loops", type=int, default=0,
+                        help="busy-looping processes competing for the CPUs throughout")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args()
     head = header(command_line())
     duration_s = args.alerts * args.coincidence_every_s
     runs = []
-    for rate in (float(r) for r in args.rates.split(",")):
-        with deployed() as deployment:
-            runs.append(run_load(deployment, rate, duration_s, args.coincidence_every_s))
-        print(f"{rate:g}/s done", flush=True)
+    figure_file = BUSY_FIGURE_FILE if args.busy_loops else FIGURE_FILE
+    with busy_loops(args.busy_loops):
+        for rate in (float(r) for r in args.rates.split(",")):
+            with deployed() as deployment:
+                runs.append(run_load(deployment, rate, duration_s, args.coincidence_every_s))
+            print(f"{rate:g}/s done", flush=True)
+    competing = (f" {args.busy_loops} busy-looping processes ran throughout, competing for "
+                 "the CPUs (the machine-busy column counts them)." if args.busy_loops else "")
     body = "\n".join([
         head,
         f"A completing pair every {args.coincidence_every_s:g} s for {duration_s:g} s per rate, "
-        "each rate on a fresh deployment.",
+        f"each rate on a fresh deployment.{competing}",
         "",
         table(runs),
         "",
@@ -124,14 +154,14 @@ def main() -> int:
         "",
         verdict(runs),
         "",
-        f"![alert latency distributions]({FIGURE_FILE.name})",
+        f"![alert latency distributions]({figure_file.name})",
         "",
         load_now(),
     ])
     print(body)
     if not args.no_write:
-        plot(runs)
-        write_section(SECTION_TITLE, body)
+        plot(runs, figure_file)
+        write_section(BUSY_SECTION_TITLE if args.busy_loops else SECTION_TITLE, body)
     return 0
 
 

@@ -769,8 +769,10 @@ def run_report(run: LoadRun) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=500.0, help="background observations/s")
-    parser.add_argument("--duration-s", type=float, default=60.0)
-    parser.add_argument("--coincidence-every-s", type=float, default=1.0)
+    parser.add_argument("--duration-s", type=float, default=60.0,
+                        help="seconds of publishing")
+    parser.add_argument("--coincidence-every-s", type=float, default=1.0,
+                        help="seconds between the completing pairs, each making one alert")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args()
     head = header(command_line())  # the load average before this run adds its own

@@ -260,7 +260,8 @@ def main() -> int:
                         help="backlog on the observation topic for the deployed path")
     parser.add_argument("--reference-flood", type=int, default=3000,
                         help="backlog of one-message tasks on the coincidence queue")
-    parser.add_argument("--spy-s", type=int, default=10)
+    parser.add_argument("--spy-s", type=int, default=10,
+                        help="seconds py-spy samples the coincidence worker and the ingest, per feeding")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args()
     head = header(command_line())

@@ -140,8 +140,10 @@ def main() -> int:
                         help="messages published before the ingest and the workers start")
     parser.add_argument("--reference-flood", type=int, default=5000,
                         help="one-message tasks queued before the worker starts")
-    parser.add_argument("--rates", default="250,500,1000,1500,2000")
-    parser.add_argument("--step-s", type=float, default=10.0)
+    parser.add_argument("--rates", default="250,500,1000,1500,2000",
+                        help="paced observations/s to step through, comma-separated")
+    parser.add_argument("--step-s", type=float, default=10.0,
+                        help="seconds of publishing per paced rate")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args()
     rates = [float(rate) for rate in args.rates.split(",")]
