@@ -116,7 +116,7 @@ def run_step(deployment: Deployment, rate: float, step_s: float) -> Step:
     (t0, n0), (t1, n1) = (window[0], window[-1]) if window else ((0.0, 0), (0.0, 0))
     return Step(rate, len(stream) / span_s, (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0,
                 end_backlog,
-                max(d[BACKLOG] for _, d in sampler.samples),
+                max(end_backlog, *(d[BACKLOG] for _, d in sampler.samples)),
                 max(d["coincidence"] for _, d in sampler.samples), shares)
 
 
