@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import redis
@@ -101,7 +101,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     replayer = Replayer(Processor(settings))
     with handle, tqdm(total=size, unit="B", unit_scale=True, disable=not show,
                       file=sys.stderr, desc="replay") as bar:
-        def lines():
+        def lines() -> Iterator[str]:
             for line in handle:
                 bar.update(len(line.encode("utf-8", "surrogateescape")))
                 yield line
