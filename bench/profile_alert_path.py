@@ -261,7 +261,8 @@ def main() -> int:
     parser.add_argument("--reference-flood", type=int, default=3000,
                         help="backlog of one-message tasks on the coincidence queue")
     parser.add_argument("--spy-s", type=int, default=10,
-                        help="seconds py-spy samples the coincidence worker and the ingest, per feeding")
+                        help="seconds py-spy samples the coincidence worker and the ingest, "
+                             "per feeding")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args()
     head = header(command_line())

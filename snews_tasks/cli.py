@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--mode", choices=MODES, default=None,
-                        help="configuration mode: reads config/<mode>.env (default: $SNEWS_MODE or local)")
+                        help="configuration mode: reads config/<mode>.env "
+                             "(default: $SNEWS_MODE or local)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     replay = sub.add_parser(
@@ -64,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_status_parser(sub)
     flower = sub.add_parser(
         "flower", help="run Flower on the configured address, with basic auth unless local",
-        description="Runs `celery -A snews_tasks flower` on SNEWS_FLOWER_ADDRESS:SNEWS_FLOWER_PORT. "
-                    "Basic auth comes from SNEWS_FLOWER_BASIC_AUTH (passed in the environment, "
-                    "never on the command line); the API is open without auth only in local mode "
-                    "on 127.0.0.1.")
+        description="Runs `celery -A snews_tasks flower` on "
+                    "SNEWS_FLOWER_ADDRESS:SNEWS_FLOWER_PORT. Basic auth comes from "
+                    "SNEWS_FLOWER_BASIC_AUTH (passed in the environment, never on the command "
+                    "line); the API is open without auth only in local mode on 127.0.0.1.")
     flower.set_defaults(handler=_flower)
     return parser
 
