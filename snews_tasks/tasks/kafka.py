@@ -117,28 +117,27 @@ class AlertPublisher:
         each, None once the broker has it, else why not (an alert not acknowledged in time may
         still arrive later: publishing is at least once)."""
         reports: dict[int, confluent_kafka.KafkaError | None] = {}
-        for i, alert in enumerate(alerts):
+        sends = [(alert, self.topic_for(alert), require_str(alert, "alert_id", "alert"))
+                 for alert in alerts]
+        for i, (alert, topic, alert_id) in enumerate(sends):
             def on_delivery(error: confluent_kafka.KafkaError | None,
                             message: confluent_kafka.Message, i: int = i) -> None:
                 reports[i] = error if error is not None else message.error()
 
             self._writer.write(JSONBlob(content=dict(alert)), delivery_callback=on_delivery,
-                               topic=self.topic_for(alert),
-                               key=require_str(alert, "alert_id", "alert"))
+                               topic=topic, key=alert_id)
         self._writer.flush(timedelta(seconds=wait_s))
         results: list[Exception | None] = []
-        for i, alert in enumerate(alerts):
+        for i, (alert, topic, alert_id) in enumerate(sends):
             if i not in reports:
-                results.append(TimeoutError(
-                    f"Kafka gave no delivery report for alert {alert['alert_id']} on topic "
-                    f"{self.topic_for(alert)} within {wait_s:g} s"))
+                results.append(TimeoutError(f"Kafka gave no delivery report for alert {alert_id} "
+                                            f"on topic {topic} within {wait_s:g} s"))
             elif reports[i] is not None:
                 results.append(KafkaException(reports[i]))
             else:
                 results.append(None)
-                logger.info("alert %s revision %s (%s) acknowledged on %s", alert["alert_id"],
-                            alert.get("revision"), alert.get("alert_type"),
-                            self.topic_for(alert))
+                logger.info("alert %s revision %s (%s) acknowledged on %s", alert_id,
+                            alert.get("revision"), alert.get("alert_type"), topic)
         return results
 
     def close(self) -> None:
