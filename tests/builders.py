@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 from snews_tasks.coincidence import LIVE, TEST
-from snews_tasks.messages import Message, Tier, format_time_ns, parse_time_ns
+from snews_tasks.messages import Message, Tier, format_time_ns
 from snews_tasks.processing import Processor
 from snews_tasks.replay import Replayer
 from snews_tasks.settings import Settings
 
-T0 = parse_time_ns("2026-11-21T12:30:00Z", "neutrino_time_utc")
 S = 1_000_000_000
+# Streams start an hour before the clock (on a whole minute), never on a fixed date: a
+# test that passes its own `now_ns` fixes the clock, and one that goes through a worker
+# reading the real clock gets times its freshness rules accept on any day.
+T0 = (time.time_ns() // (60 * S) - 60) * 60 * S
+
+
+def utc(seconds: float = 0.0) -> str:
+    """The ISO time `seconds` after T0, as a message or an alert carries it."""
+    return format_time_ns(T0 + round(seconds * S))
 _uuids = itertools.count(1)
 
 
@@ -76,7 +85,7 @@ class Run:
 
 
 __all__ = ["LIVE", "TEST", "S", "T0", "Run", "observation", "retraction", "heartbeat",
-           "settings", "fresh_uuid"]
+           "settings", "fresh_uuid", "utc"]
 
 
 class Sent(list):

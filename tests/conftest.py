@@ -6,15 +6,41 @@ A server that cannot start makes the tests that need it fail, never skip.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+import time_machine
 
 from slack_api import FakeSlackApi
 from snews_tasks import localstack
 
 REDIS_DATABASES = 16  # redis-server's default number of databases
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--clock-shift-days", type=float,
+        default=float(os.environ.get("SNEWS_TEST_CLOCK_SHIFT_DAYS", "0")),
+        help="run the tests with this process's clock moved forward by this many days "
+             "(time-machine, ticking), so a test that depends on the day it was written fails; "
+             "subprocesses keep the real clock, so use it with in-process tests (tests/unit)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Move the clock before collection: module-level fixtures are built on the moved clock."""
+    days = config.getoption("--clock-shift-days")
+    if days:
+        traveller = time_machine.travel(datetime.now(UTC) + timedelta(days=days), tick=True)
+        traveller.start()
+        config.add_cleanup(traveller.stop)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    days = config.getoption("--clock-shift-days")
+    return f"clock moved forward by {days:g} days: now {datetime.now(UTC):%Y-%m-%dT%H:%M}Z" if days else None
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,8 @@ from snews_tasks.tasks.storage import (STORES, failure_key, failure_kind, open_a
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+# An hour before the clock, on a whole minute (MongoDB keeps milliseconds): never a fixed date.
+T0 = (datetime.now(timezone.utc) - timedelta(hours=1)).replace(second=0, microsecond=0)
 
 
 def settings_for(mongo_url: str) -> Settings:
@@ -47,7 +48,7 @@ def failure_log(archive: Archive, redis_url: str) -> Iterator[FailureLog]:
 
 def observation(**overrides) -> dict:
     return {"uuid": "obs-1", "tier": "CoincidenceTier", "detector_name": "IceCube",
-            "neutrino_time_utc": "2026-11-21T12:00:00.123456789Z", "p_val": 0.01,
+            "neutrino_time_utc": f"{T0:%Y-%m-%dT%H:%M:%S}.123456789Z", "p_val": 0.01,
             "is_test": False, **overrides}
 
 
@@ -58,7 +59,7 @@ def alert(**overrides) -> dict:
 
 def heartbeat(received: datetime, status: str = "ON", **overrides) -> dict:
     return {"uuid": f"hb-{received.timestamp()}", "tier": "Heartbeat", "detector_name": "JUNO",
-            "detector_status": status, "sent_time_utc": "2026-11-21T11:59:58Z",
+            "detector_status": status, "sent_time_utc": f"{received - timedelta(seconds=2):%Y-%m-%dT%H:%M:%SZ}",
             "received_time_utc": received.isoformat(), **overrides}
 
 
@@ -95,7 +96,7 @@ def test_alert_is_stored_once_per_revision(archive: Archive) -> None:
 def test_reject_keeps_the_raw_payload_and_is_idempotent(archive: Archive) -> None:
     raw = b"\x80\x04\x95not-json-and-not-utf8"
     reject = {"reject_id": "obs:0:17", "raw": raw, "reason": "payload is not JSON",
-              "field": None, "received_time_utc": "2026-11-21T12:00:00.000000000Z",
+              "field": None, "received_time_utc": f"{T0:%Y-%m-%dT%H:%M:%S}.000000000Z",
               "topic": "snews.observations"}
     assert archive.store_reject(reject) is True
     assert archive.store_reject({**reject, "reason": "something else"}) is False

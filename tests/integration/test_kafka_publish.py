@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hop.io import StartPosition, Stream
 
+from builders import utc
 from snews_tasks import localstack
 from snews_tasks.retry import kafka_policy
 from snews_tasks.settings import Settings, load_settings
@@ -38,7 +39,7 @@ def bootstrap(service: localstack.Service) -> str:
 def alert(alert_id: str, revision: int = 1, **overrides) -> dict:
     return {"alert_id": alert_id, "revision": revision, "alert_type": "NEW",
             "detector_names": ["IceCube", "KM3NeT"],
-            "neutrino_times_utc": ["2026-11-21T12:30:00.000000001Z", "2026-11-21T12:30:01Z"],
+            "neutrino_times_utc": [utc(0.000000001), utc(1)],
             "p_values": [0.01, None], "false_alarm_rate_per_year": 0.25, "is_test": False,
             "is_firedrill": False, "server_tag": "test", **overrides}
 

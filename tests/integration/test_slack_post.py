@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from slack_sdk.errors import SlackApiError
 
+from builders import utc
 from snews_tasks.localstack import free_port
 from snews_tasks.retry import slack_policy
 from snews_tasks.settings import load_settings
@@ -20,12 +21,12 @@ pytestmark = pytest.mark.integration
 ALERT: dict[str, Any] = {
     "alert_id": "c-000042", "revision": 1, "alert_type": "NEW",
     "detector_names": ["JUNO", "KamLAND"],
-    "neutrino_times_utc": ["2026-11-21T12:30:00Z", "2026-11-21T12:30:02Z"],
+    "neutrino_times_utc": [utc(0), utc(2)],
     "p_values": [0.01, 0.02], "observation_uuids": ["u1", "u2"],
-    "initial_neutrino_time_utc": "2026-11-21T12:30:00Z",
+    "initial_neutrino_time_utc": utc(0),
     "false_alarm_rate_per_year": 0.5, "false_alarm_rate_reason": "2-fold",
     "detectors_online": 5, "is_test": False, "is_firedrill": False, "server_tag": "test",
-    "sent_time_utc": "2026-11-21T12:30:03Z", "schema_version": "1.0",
+    "sent_time_utc": utc(3), "schema_version": "1.0",
 }
 
 

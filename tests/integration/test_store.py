@@ -80,7 +80,7 @@ def test_a_redelivered_message_changes_nothing_and_sends_nothing(redis_url):
 def test_bad_input_is_rejected_recorded_and_does_not_block_the_next(redis_url):
     svc, sent = service(redis_url)
     outcome = svc.handle({"tier": "CoincidenceTier", "detector_name": "Super-K",
-                          "uuid": "x", "neutrino_time_utc": "2026-11-21T12:30:00Z", "p_val": 7},
+                          "uuid": "x", "neutrino_time_utc": h.utc(0), "p_val": 7},
                          now_ns=NOW)
     assert outcome.startswith("rejected: p_val")
     (task, reject), = sent
