@@ -44,12 +44,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent))
 
-from snews_tasks.messages import Message, Tier, format_time_ns, parse_time_ns  # noqa: E402
-from snews_tasks.processing import Processor  # noqa: E402
-from snews_tasks.replay import Replayer  # noqa: E402
-from snews_tasks.settings import KNOWN_DETECTORS, Settings  # noqa: E402
+from snews_tasks.core.messages import Message, Tier
+from snews_tasks.core.times import format_time_ns, parse_time_ns
+from snews_tasks.core.processing import Processor
+from snews_tasks.core.replay import Replayer
+from snews_tasks.settings import KNOWN_DETECTORS, Settings
 
 REFERENCE_REQUIREMENT = "snews-cs==3.0.1"
 REFERENCE_VENV = BENCH_DIR / ".venv-reference"

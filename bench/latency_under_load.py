@@ -26,9 +26,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import (BENCH_DIR, CPU_NOTE, SAMPLED, LoadRun, command_line,  # noqa: E402
+from load import (BENCH_DIR, CPU_NOTE, SAMPLED, LoadRun, command_line,
                   cpu_table, deployed, depth_rows, header, load_now, markdown_table,
                   percentile, run_load, summary, write_section)
 

@@ -4,7 +4,7 @@
 
 Starts Redis, Tansu and SecantusDB (snews_tasks.localstack), a fake Slack
 API, and the ingest, coincidence and notify workers from workers/ (through
-tests/pipeline.py). A confluent-kafka producer then publishes JSON
+snews_tasks/testing/pipeline.py). A confluent-kafka producer then publishes JSON
 observations to the observation topic at a paced --rate: isolated
 observations from the 20 detectors (one every 12.5 s of neutrino time, never
 two detectors within the window) and, every --coincidence-every-s, a pair of
@@ -72,14 +72,14 @@ import confluent_kafka
 import redis
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
 
-from pipeline import (PRIORITY_SUFFIXES, QUEUES, S, Pipeline, Worker,  # noqa: E402
+from snews_tasks.testing.pipeline import (PRIORITY_SUFFIXES, QUEUES, S, Pipeline, Worker,
                       live_observation, start_ingest)
-from slack_api import FakeSlackApi  # noqa: E402
-from snews_tasks import localstack  # noqa: E402
-from snews_tasks.messages import parse_time_ns  # noqa: E402
-from snews_tasks.settings import KNOWN_DETECTORS  # noqa: E402
+from snews_tasks.testing.slack_api import FakeSlackApi
+from snews_tasks.adapters.redis_keys import KEYS
+from snews_tasks.entrypoints import localstack
+from snews_tasks.core.times import parse_time_ns
+from snews_tasks.settings import KNOWN_DETECTORS
 
 RESULTS_FILE = BENCH_DIR / "RESULTS.md"
 SECTION_TITLE = "Sustained load through the deployed path"
@@ -442,8 +442,7 @@ class Deployment:
 
     def processed(self) -> int:
         """Observations the coincidence writer has applied (ZCARD of its duplicate memory)."""
-        state = self.pipeline.state
-        return state.client.zcard(state.key("processed"))
+        return self.pipeline.state.client.zcard(KEYS.processed)
 
     def published(self) -> int:
         """Records the broker has acknowledged, by the producer's delivery reports (Tansu's

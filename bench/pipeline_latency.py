@@ -3,7 +3,7 @@
     .venv/bin/python bench/pipeline_latency.py [--runs 10] [--warmup 2]
 
 Starts Redis, a Tansu Kafka broker and SecantusDB (snews_tasks.localstack),
-a fake Slack API, and the workers from workers/ (tests/pipeline.py starts
+a fake Slack API, and the workers from workers/ (snews_tasks/testing/pipeline.py starts
 them), then runs the three-detector example (t, t+9 s, t+11 s) once per run,
 each run at its own neutrino times. Timed: the enqueue of the third message,
 whose coincidence makes a NEW alert, until
@@ -34,12 +34,11 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from pipeline import S, Pipeline, live_observation  # noqa: E402
-from slack_api import FakeSlackApi  # noqa: E402
-from snews_tasks import localstack  # noqa: E402
-from snews_tasks.messages import parse_time_ns  # noqa: E402
+from snews_tasks.testing.pipeline import S, Pipeline, live_observation
+from snews_tasks.testing.slack_api import FakeSlackApi
+from snews_tasks.entrypoints import localstack
+from snews_tasks.core.times import parse_time_ns
 
 # Neutrino times of consecutive runs lie this far apart, so their coincidences never touch.
 RUN_SPACING_S = 60

@@ -40,12 +40,11 @@ from pathlib import Path
 
 import redis.connection
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import (CACHE_LIFETIME_S, command_line, flooded, header, load_now,  # noqa: E402
+from load import (CACHE_LIFETIME_S, command_line, flooded, header, load_now,
                   markdown_table, mix, percentile, write_section)
-from snews_tasks import localstack  # noqa: E402
-from snews_tasks.ingest import MAX_BATCH  # noqa: E402  (no Celery app at import)
+from snews_tasks.entrypoints import localstack
+from snews_tasks.adapters.kafka_source import MAX_BATCH
 
 SECTION_TITLE = "Where the coincidence worker's time goes"
 WARMUP = 200

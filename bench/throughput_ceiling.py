@@ -36,9 +36,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import (BACKLOG, CPU_NOTE, CpuUse, Deployment, QueueSampler,  # noqa: E402
+from load import (BACKLOG, CPU_NOTE, CpuUse, Deployment, QueueSampler,
                   command_line, cpu_table, deployed, flooded, header, load_now,
                   markdown_table, mix, publish_paced, write_section)
 

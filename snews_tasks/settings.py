@@ -1,22 +1,35 @@
-"""Typed settings from ``config/<mode>.env`` plus ``SNEWS_*`` environment variables.
+"""Typed settings (pydantic-settings) from ``config/<mode>.env`` plus ``SNEWS_*`` environment
+variables.
 
-One frozen object, validated once at start-up, so that a typo in a deployment's
-configuration stops the process with a message naming the key and where it was
-set, instead of surfacing hours later as a missing alert.
+One frozen object, validated once by the process that starts, so that a typo in a
+deployment's configuration stops the process with a message naming the key and where it
+was set, instead of surfacing hours later as a missing alert. `load_settings` reads the
+mode's file and the environment itself, keeping where each value came from for those
+messages; the model then converts and checks every value. Requirements that only one
+process role has (Flower's credentials) are checked by that role (`require_flower_auth`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, get_args
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticUndefined
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "SNEWS_"
-MODES = ("local", "test", "firedrill", "production")
+Mode = Literal["local", "test", "firedrill", "production"]
+MODES: tuple[str, ...] = get_args(Mode)
 CONFIG_DIR_VARIABLE = "SNEWS_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -24,167 +37,214 @@ KNOWN_DETECTORS = (
     "Baksan", "Borexino", "DS-20K", "DUNE", "HALO", "HALO-1kT", "Hyper-K",
     "IceCube", "JUNO", "KM3NeT", "KamLAND", "LVD", "LZ", "MicroBooNe", "NOvA",
     "PandaX-4T", "SBND", "SNO+", "Super-K", "XENONnT",
-)
+)  # fmt: skip
 
 
 class SettingsError(ValueError):
     """A configuration value that cannot be used; the message names key, source and problem."""
 
 
-class Secret:
-    """A value that must never reach a log line, a repr or an error message."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "***"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
+# -- value types: each says in its error what a valid value is -------------------------------
 
 
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be > 0"
+def _names(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    names = tuple(name.strip() for name in value.split(","))
+    if "" in names:
+        raise ValueError("is not a comma-separated list of non-empty names")
+    return names
 
 
-def _non_negative(value: float) -> str | None:
-    return None if value >= 0 else "must be >= 0"
+def _distinct(names: tuple[str, ...]) -> tuple[str, ...]:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"lists {', '.join(repeated)} more than once")
+    return names
 
 
-def _port(value: int) -> str | None:
-    return None if 0 < value < 65536 else "must be a port number between 1 and 65535"
+def _check_url(value: str, schemes: tuple[str, ...]) -> None:
+    scheme, separator, _ = value.partition("://")
+    if not (separator and scheme in schemes):
+        raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
 
 
-def _mode(value: str) -> str | None:
-    return None if value in MODES else f"must be one of {', '.join(MODES)}"
+def _url(*schemes: str) -> AfterValidator:
+    def check(value: str) -> str:
+        _check_url(value, schemes)
+        return value
+
+    return AfterValidator(check)
 
 
-def _url_scheme(*schemes: str) -> Callable[[str], str | None]:
-    def check(value: str) -> str | None:
-        scheme, separator, _ = value.partition("://")
-        if separator and scheme in schemes:
-            return None
-        return f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
-    return check
+def _secret_url(*schemes: str) -> AfterValidator:
+    def check(value: SecretStr) -> SecretStr:
+        _check_url(value.get_secret_value(), schemes)
+        return value
+
+    return AfterValidator(check)
 
 
-def _secret_url_scheme(*schemes: str) -> Callable[[Secret], str | None]:
-    check_url = _url_scheme(*schemes)
-    return lambda secret: check_url(secret.reveal())
-
-
-def _slack_base_url(value: str) -> str | None:
+def _slack_base_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
-        return "must be an http:// or https:// URL"
-    return None if value.endswith("/") else "must end with '/' (slack-sdk appends method names)"
+        raise ValueError("must be an http:// or https:// URL")
+    if not value.endswith("/"):
+        raise ValueError("must end with '/' (slack-sdk appends method names)")
+    return value
 
 
-def _hop_auth(value: str) -> str | None:
+def _hop_auth(value: str) -> str:
     if value in ("true", "false") or Path(value).is_file():
-        return None
-    return "must be 'true', 'false' or the path of an existing hop auth file"
+        return value
+    raise ValueError("must be 'true', 'false' or the path of an existing hop auth file")
 
 
-def _basic_auth(secret: Secret | None) -> str | None:
-    if secret is None:
-        return None
-    user, colon, password = secret.reveal().partition(":")
-    return None if user and colon and password else "must have the form user:password"
+def _port(value: int) -> int:
+    if not 0 < value < 65536:
+        raise ValueError("must be a port number between 1 and 65535")
+    return value
 
 
-def _distinct_names(names: tuple[str, ...]) -> str | None:
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    return f"lists {', '.join(duplicates)} more than once" if duplicates else None
+def _basic_auth(value: SecretStr | None) -> SecretStr | None:
+    if value is not None:
+        user, colon, password = value.get_secret_value().partition(":")
+        if not (user and colon and password):
+            raise ValueError("must have the form user:password")
+    return value
 
 
-def _setting(doc: str, default: Any = dataclasses.MISSING,
-             check: Callable[[Any], str | None] | None = None) -> Any:
-    return dataclasses.field(default=default, metadata={"doc": doc, "check": check})
+def _unset_if_empty(value: object) -> object:
+    return None if value == "" else value
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Text = Annotated[str, Field(min_length=1)]
+Names = Annotated[tuple[str, ...], BeforeValidator(_names), AfterValidator(_distinct)]
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_unset_if_empty)]
+
+
+class Settings(BaseSettings):
     """Everything a process of the deployment needs to know about its surroundings."""
 
-    mode: str = _setting("local, test, firedrill or production; chooses config/<mode>.env",
-                         check=_mode)
-    server_tag: str = _setting("names the deployment in every alert")
-    coincidence_threshold_s: float = _setting(
-        "coincidence window T in seconds", 10.0, _positive)
-    cache_lifetime_s: float = _setting(
-        "an observation leaves the coincidence cache this long after its neutrino time",
-        86400.0, _positive)
-    max_future_skew_s: float = _setting(
-        "neutrino times this far ahead of the clock are still accepted", 60.0, _non_negative)
-    detectors: tuple[str, ...] = _setting(
-        "comma-separated names of the detectors whose messages are accepted",
-        KNOWN_DETECTORS, _distinct_names)
-    max_payload_bytes: int = _setting(
-        "observation messages larger than this are rejected", 65536, _positive)
-    false_bursts_per_week: float = _setting(
-        "per-detector false burst rate f of the false-alarm model", 1.0, _positive)
-    detector_online_window_s: float = _setting(
-        "a heartbeat within this window counts the detector as online", 900.0, _positive)
-    broker_url: str = _setting("Celery broker", "redis://127.0.0.1:6379/0")
-    result_backend: str = _setting("Celery result backend", "redis://127.0.0.1:6379/0")
-    state_redis_url: str = _setting(
-        "Redis holding the coincidence state", "redis://127.0.0.1:6379/1",
-        _url_scheme("redis", "rediss", "unix"))
-    mongo_url: Secret = _setting(
-        "MongoDB archive (may hold a password)", Secret("mongodb://127.0.0.1:27017"),
-        _secret_url_scheme("mongodb", "mongodb+srv"))
-    mongo_db: str = _setting("MongoDB database name", "snews")
-    kafka_url: str = _setting("Kafka broker base URL for hop", "kafka://127.0.0.1:9092",
-                              _url_scheme("kafka"))
-    observation_topic: str = _setting("topic the detectors publish to", "snews.observations")
-    alert_topic: str = _setting("topic real alerts go to", "snews.alerts")
-    test_alert_topic: str = _setting("topic alerts on is_test messages go to",
-                                     "snews.alerts.test")
-    hop_auth: str = _setting(
-        "'false' (no auth), 'true' (hop's default auth file) or the path of a hop auth file",
-        "false", _hop_auth)
-    kafka_produce_timeout_s: float = _setting(
-        "longest wait for the broker to accept an alert", 10.0, _positive)
-    slack_token: Secret | None = _setting("Slack bot token; no Slack posts when unset", None)
-    slack_channel: str = _setting("Slack channel for alerts", "#snews-alerts")
-    slack_base_url: str = _setting("Slack Web API base URL", "https://slack.com/api/",
-                                   _slack_base_url)
-    retry_max: int = _setting(
-        "retries of a storage, Kafka or Slack task before it is recorded as failed",
-        8, _non_negative)
-    retry_backoff_s: float = _setting("first retry delay; doubles each retry", 1.0, _positive)
-    retry_backoff_max_s: float = _setting("longest retry delay", 300.0, _positive)
-    flower_address: str = _setting("address Flower binds", "127.0.0.1")
-    flower_port: int = _setting("port Flower binds", 5555, _port)
-    flower_basic_auth: Secret | None = _setting(
-        "user:password for Flower; required unless mode is local and Flower binds 127.0.0.1",
-        None, _basic_auth)
-    canary_interval_s: float = _setting("seconds between synthetic test bursts", 300.0,
-                                        _positive)
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=True)
 
-    def __post_init__(self) -> None:
-        """Cross-field rules, checked on every construction so no invalid object exists."""
+    mode: Mode = Field(
+        description="local, test, firedrill or production; chooses config/<mode>.env"
+    )
+    server_tag: Text = Field(description="names the deployment in every alert")
+    coincidence_threshold_s: PositiveFloat = Field(
+        10.0, description="coincidence window T in seconds"
+    )
+    cache_lifetime_s: PositiveFloat = Field(
+        86400.0,
+        description="an observation leaves the coincidence cache this long after its neutrino time",
+    )
+    max_future_skew_s: NonNegativeFloat = Field(
+        60.0, description="neutrino times this far ahead of the clock are still accepted"
+    )
+    detectors: Names = Field(
+        KNOWN_DETECTORS,
+        description="comma-separated names of the detectors whose messages are accepted",
+    )
+    max_payload_bytes: Annotated[int, Field(gt=0)] = Field(
+        65536, description="observation messages larger than this are rejected"
+    )
+    false_bursts_per_week: PositiveFloat = Field(
+        1.0, description="per-detector false burst rate f of the false-alarm model"
+    )
+    detector_online_window_s: PositiveFloat = Field(
+        900.0, description="a heartbeat within this window counts the detector as online"
+    )
+    broker_url: Text = Field("redis://127.0.0.1:6379/0", description="Celery broker")
+    result_backend: Text = Field("redis://127.0.0.1:6379/0", description="Celery result backend")
+    state_redis_url: Annotated[str, _url("redis", "rediss", "unix")] = Field(
+        "redis://127.0.0.1:6379/1", description="Redis holding the coincidence state"
+    )
+    mongo_url: Annotated[SecretStr, _secret_url("mongodb", "mongodb+srv")] = Field(
+        SecretStr("mongodb://127.0.0.1:27017"), description="MongoDB archive (may hold a password)"
+    )
+    mongo_db: Text = Field("snews", description="MongoDB database name")
+    kafka_url: Annotated[str, _url("kafka")] = Field(
+        "kafka://127.0.0.1:9092", description="Kafka broker base URL for hop"
+    )
+    observation_topic: Text = Field(
+        "snews.observations", description="topic the detectors publish to"
+    )
+    alert_topic: Text = Field("snews.alerts", description="topic real alerts go to")
+    test_alert_topic: Text = Field(
+        "snews.alerts.test", description="topic alerts on is_test messages go to"
+    )
+    hop_auth: Annotated[str, AfterValidator(_hop_auth)] = Field(
+        "false",
+        description="'false' (no auth), 'true' (hop's default auth file) or the path of a "
+        "hop auth file",
+    )
+    kafka_produce_timeout_s: PositiveFloat = Field(
+        10.0, description="longest wait for the broker to accept an alert"
+    )
+    slack_token: OptionalSecret = Field(
+        None, description="Slack bot token; no Slack posts when unset"
+    )
+    slack_channel: Text = Field("#snews-alerts", description="Slack channel for alerts")
+    slack_base_url: Annotated[str, AfterValidator(_slack_base_url)] = Field(
+        "https://slack.com/api/", description="Slack Web API base URL"
+    )
+    retry_max: Annotated[int, Field(ge=0)] = Field(
+        8, description="retries of a storage, Kafka or Slack task before it is recorded as failed"
+    )
+    retry_backoff_s: PositiveFloat = Field(1.0, description="first retry delay; doubles each retry")
+    retry_backoff_max_s: PositiveFloat = Field(300.0, description="longest retry delay")
+    flower_address: Text = Field("127.0.0.1", description="address Flower binds")
+    flower_port: Annotated[int, AfterValidator(_port)] = Field(
+        5555, description="port Flower binds"
+    )
+    flower_basic_auth: Annotated[OptionalSecret, AfterValidator(_basic_auth)] = Field(
+        None,
+        description="user:password for Flower; required unless mode is local and Flower "
+        "binds 127.0.0.1",
+    )
+    canary_interval_s: PositiveFloat = Field(
+        300.0, description="seconds between synthetic test bursts"
+    )
+
+    @model_validator(mode="after")
+    def _backoff_cap(self) -> Settings:
         if self.retry_backoff_max_s < self.retry_backoff_s:
-            raise SettingsError(
-                f"{_env_name('retry_backoff_max_s')}: must be >= "
-                f"{_env_name('retry_backoff_s')} ({self.retry_backoff_s})")
-        if self.flower_basic_auth is None and (
-                self.mode != "local" or self.flower_address != "127.0.0.1"):
-            raise SettingsError(
-                f"{_env_name('flower_basic_auth')}: required in {self.mode} mode with Flower "
-                f"on {self.flower_address} (Flower must not run unauthenticated); "
-                "set it in the environment as user:password")
+            raise ValueError(
+                f"{env_name('retry_backoff_max_s')}: must be >= "
+                f"{env_name('retry_backoff_s')} ({self.retry_backoff_s})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only what `load_settings` passes: it reads the mode's file and the environment
+        itself, so that an error can say which line or variable set the bad value."""
+        return (init_settings,)
+
+
+def require_flower_auth(settings: Settings) -> None:
+    """Flower (and anything else serving the operators' view) must not run unauthenticated
+    outside local mode on 127.0.0.1; checked by the process that serves it, not by every one."""
+    if settings.flower_basic_auth is None and (
+        settings.mode != "local" or settings.flower_address != "127.0.0.1"
+    ):
+        raise SettingsError(
+            f"{env_name('flower_basic_auth')}: required in {settings.mode} mode with Flower "
+            f"on {settings.flower_address} (Flower must not run unauthenticated); "
+            "set it in the environment as user:password"
+        )
+
+
+# -- documentation ------------------------------------------------------------------------------
 
 
 class SettingDoc(NamedTuple):
@@ -195,81 +255,55 @@ class SettingDoc(NamedTuple):
     doc: str
 
 
-def _env_name(field_name: str) -> str:
+def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
-def _format_value(value: Any) -> str:
-    if value is None or value is dataclasses.MISSING:
+def _as_text(value: Any) -> str:
+    if value is None or value is PydanticUndefined:
         return ""
     if isinstance(value, tuple):
         return ",".join(value)
-    if isinstance(value, Secret):
-        return value.reveal()
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
     return str(value)
 
 
 def describe_settings() -> list[SettingDoc]:
     """The settings as operators set them, so `--help` and the README cannot drift from code."""
-    return [SettingDoc(_env_name(f.name), _format_value(f.default), f.metadata["doc"])
-            for f in dataclasses.fields(Settings)]
+    return [
+        SettingDoc(env_name(name), _as_text(field.default), field.description or "")
+        for name, field in Settings.model_fields.items()
+    ]
 
 
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(text)
-    return value
+# -- loading --------------------------------------------------------------------------------------
 
-
-def _parse_names(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(","))
-    if "" in names:
-        raise ValueError(text)
-    return names
-
-
-# Per field type: the parser (raising ValueError) and what a valid value is, for errors.
-_PARSERS: dict[Any, tuple[Callable[[str], Any], str]] = {
-    str: (str, "a string"),
-    int: (int, "an integer"),
-    float: (_parse_float, "a finite number"),
-    tuple[str, ...]: (_parse_names, "a comma-separated list of non-empty names"),
-    Secret: (Secret, "a string"),
-    Secret | None: (Secret, "a string"),
+#: How pydantic's error types read in a message about one raw setting.
+_PROBLEMS = {
+    "float_parsing": "is not a finite number",
+    "finite_number": "is not a finite number",
+    "int_parsing": "is not an integer",
+    "int_from_float": "is not an integer",
+    "string_too_short": "must not be empty",
+    "literal_error": f"must be one of {', '.join(MODES)}",
 }
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-_TYPES = typing.get_type_hints(Settings)
 
 
-def _convert(field_name: str, text: str, source: str) -> Any:
-    """Turn one raw string into a checked value, without echoing secrets into the error."""
-    field_type = _TYPES[field_name]
-    is_secret = field_type in (Secret, Secret | None)
-    shown = "the value" if is_secret else repr(text)
-
-    def fail(problem: str) -> SettingsError:
-        return SettingsError(f"{_env_name(field_name)} ({source}): {shown} {problem}")
-
-    if text == "":
-        if field_type == Secret | None:
-            return None
-        raise fail("must not be empty")
-    parse, expected = _PARSERS[field_type]
-    try:
-        value = parse(text)
-    except ValueError:
-        raise fail(f"is not {expected}") from None
-    check = _FIELDS[field_name].metadata["check"]
-    problem = check(value) if check else None
-    if problem:
-        raise fail(problem)
-    return value
+def _problem(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind in _PROBLEMS:
+        return _PROBLEMS[kind]
+    if kind in ("greater_than", "greater_than_equal"):
+        sign = ">" if kind == "greater_than" else ">="
+        return f"must be {sign} {next(iter(error['ctx'].values()))}"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
 
 
 def _field_for_key(key: str, source: str) -> str:
-    field_name = key[len(ENV_PREFIX):].lower()
-    if not key.startswith(ENV_PREFIX) or field_name not in _FIELDS:
+    field_name = key[len(ENV_PREFIX) :].lower()
+    if not key.startswith(ENV_PREFIX) or field_name not in Settings.model_fields:
         raise SettingsError(f"{key} ({source}): unknown setting")
     return field_name
 
@@ -299,8 +333,7 @@ def _read_env_file(path: Path) -> dict[str, tuple[str, str]]:
     return entries
 
 
-def load_settings(mode: str | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(mode: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings for `mode` (else $SNEWS_MODE, else local): its config file, then the environment."""
     environ = os.environ if environ is None else environ
     if mode is not None:
@@ -309,19 +342,35 @@ def load_settings(mode: str | None = None,
         mode, mode_source = environ["SNEWS_MODE"], "environment"
     else:
         mode, mode_source = "local", "default"
-    values: dict[str, Any] = {"mode": _convert("mode", mode, mode_source)}
-
-    config_dir = Path(environ.get(CONFIG_DIR_VARIABLE) or DEFAULT_CONFIG_DIR)
-    raw: dict[str, tuple[str, str]] = _read_env_file(config_dir / f"{mode}.env")
+    raw: dict[str, tuple[str, str]] = {"mode": (mode, mode_source)}
+    if mode in MODES:
+        config_file = Path(environ.get(CONFIG_DIR_VARIABLE) or DEFAULT_CONFIG_DIR) / f"{mode}.env"
+        raw |= _read_env_file(config_file)
     for key, text in environ.items():
         if key.startswith(ENV_PREFIX) and key not in ("SNEWS_MODE", CONFIG_DIR_VARIABLE):
             raw[_field_for_key(key, "environment")] = (text.strip(), "environment")
+    try:
+        return Settings.model_validate({name: text for name, (text, _) in raw.items()})
+    except ValidationError as invalid:
+        raise _explained(invalid, raw) from None
 
-    for field_name, (text, source) in raw.items():
-        values[field_name] = _convert(field_name, text, source)
-    missing = [_env_name(name) for name, f in _FIELDS.items()
-               if name not in values and f.default is dataclasses.MISSING]
-    if missing:
-        raise SettingsError(f"{', '.join(missing)}: required, set in "
-                            f"{config_dir / (mode + '.env')} or the environment")
-    return Settings(**values)
+
+def _explained(invalid: ValidationError, raw: Mapping[str, tuple[str, str]]) -> SettingsError:
+    """The first problem, naming the variable, where it was set and (unless secret) its value."""
+    error = invalid.errors(include_url=False)[0]
+    if not error["loc"]:  # a rule across settings: its message names them
+        return SettingsError(_problem(error))
+    field_name = str(error["loc"][0])
+    if error["type"] == "missing":
+        return SettingsError(
+            f"{env_name(field_name)}: required, set in config/<mode>.env or the environment"
+        )
+    text, source = raw[field_name]
+    shown = "the value" if field_name in _SECRETS else repr(text)
+    return SettingsError(f"{env_name(field_name)} ({source}): {shown} {_problem(error)}")
+
+
+#: Settings whose values never appear in a message.
+_SECRETS = frozenset(
+    name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)
+)

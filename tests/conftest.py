@@ -14,8 +14,8 @@ import pytest
 import redis
 import time_machine
 
-from slack_api import FakeSlackApi
-from snews_tasks import localstack
+from snews_tasks.testing.slack_api import FakeSlackApi
+from snews_tasks.entrypoints import localstack
 
 REDIS_DATABASES = 16  # redis-server's default number of databases
 

@@ -1,1 +1,2 @@
-"""Delivery to MongoDB, Kafka and Slack: resource factories and one-attempt functions, no Celery."""
+"""The Celery layer: the app (`app`), the process context, the notification task base, and
+one module per queue (coincidence, storage, kafka, slack) plus the canary."""

@@ -7,11 +7,9 @@ travel ingest -> coincidence -> test alert topic exactly like a detector's.
 group, so each check reads only what is new) for alerts naming a canary's
 uuids. Both run from beat, every canary_interval_s.
 
-State Redis keys:
-  snews:canary:sent     JSON {"time": unix time, "uuids": [...]}: the latest canary
-  snews:canary:pending  hash "uuid,uuid" -> unix send time: canaries whose alert is not
-                        seen yet (a check may read an alert after the next canary went out)
-  snews:canary:last_ok  unix time of the latest check that found a canary's alert
+State Redis keys (`redis_keys`): the latest canary sent, the canaries whose alert is not
+seen yet (a check may read an alert after the next canary went out), and when a check
+last found a canary's alert.
 
 `snews-tasks status` reports the canary missing when last_ok is older than
 2 x canary_interval_s.
@@ -22,20 +20,23 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
+from typing import cast
 
 import redis
-from hop.io import StartPosition, Stream
-from hop.models import JSONBlob
 
-from ..celery_app import app, settings
-from ..publish import NS_PER_S, coincidence_message, publish_observations
+from ..adapters.kafka_alerts import read_alerts
+from ..adapters.observation_publisher import publish_observations
+from ..adapters.redis_keys import KEYS
+from ..core.examples import coincidence_message
+from ..core.routing import TaskName
+from ..core.times import NS_PER_S
 from ..settings import Settings
-from .delivery import state_redis
-from .kafka import hop_auth
+from .app import app
+from .context import settings, state_redis
 
-SENT_KEY = "snews:canary:sent"
-PENDING_KEY = "snews:canary:pending"
-LAST_OK_KEY = "snews:canary:last_ok"
+SENT_KEY = KEYS.canary_sent
+PENDING_KEY = KEYS.canary_pending
+LAST_OK_KEY = KEYS.canary_last_ok
 #: A canary unanswered for this many intervals is forgotten (last_ok already shows the gap).
 PENDING_INTERVALS = 10
 #: Hard limit for one run: hop's reader blocks on close while the broker is unreachable.
@@ -46,13 +47,15 @@ def canary_pair(detectors: tuple[str, ...], now_ns: int) -> list[dict]:
     """Two detectors 1 s apart: the smallest burst that makes an alert."""
     if len(detectors) < 2:
         raise ValueError(f"detectors: the canary needs two, SNEWS_DETECTORS has {len(detectors)}")
-    return [coincidence_message(detector, now_ns - (1 - i) * NS_PER_S, source="canary",
-                                meta={"canary": True})
-            for i, detector in enumerate(detectors[:2])]
+    return [
+        coincidence_message(
+            detector, now_ns - (1 - i) * NS_PER_S, source="canary", meta={"canary": True}
+        )
+        for i, detector in enumerate(detectors[:2])
+    ]
 
 
-def send_canary(settings: Settings, client: redis.Redis, *, now_ns: int | None = None
-                ) -> list[str]:
+def send_canary(settings: Settings, client: redis.Redis, *, now_ns: int | None = None) -> list[str]:
     """Remember a canary pair, then publish it; returns its uuids. `client` decodes responses.
 
     Pending before published: a check running meanwhile must never read the alert first.
@@ -62,8 +65,9 @@ def send_canary(settings: Settings, client: redis.Redis, *, now_ns: int | None =
     uuids = [message["uuid"] for message in pair]
     sent_at = now_ns / NS_PER_S
     forget_before = sent_at - PENDING_INTERVALS * settings.canary_interval_s
-    stale = [key for key, value in client.hgetall(PENDING_KEY).items()
-             if float(value) < forget_before]
+    stale = [
+        key for key, value in client.hgetall(PENDING_KEY).items() if float(value) < forget_before
+    ]
     with client.pipeline() as pipe:
         pipe.set(SENT_KEY, json.dumps({"time": sent_at, "uuids": uuids}))
         pipe.hset(PENDING_KEY, ",".join(uuids), repr(sent_at))
@@ -85,15 +89,10 @@ def answered(pending: Iterable[str], alerts: Iterable[dict]) -> set[str]:
 
 
 def read_test_alerts(settings: Settings) -> Iterator[dict]:
-    """The test alert topic from this group's committed offset to its current end."""
-    stream = Stream(auth=hop_auth(settings.hop_auth), start_at=StartPosition.EARLIEST,
-                    until_eos=True)
-    url = f"{settings.kafka_url.rstrip('/')}/{settings.test_alert_topic}"
-    with stream.open(url, "r", group_id=f"snews-tasks-canary-{settings.mode}",
-                     ignoretest=False, fetch_external=False) as reader:
-        for message in reader.read():
-            if isinstance(message, JSONBlob) and isinstance(message.content, dict):
-                yield message.content
+    """The test alert topic from the canary's committed offset to its current end."""
+    return read_alerts(
+        settings, settings.test_alert_topic, group_id=f"snews-tasks-canary-{settings.mode}"
+    )
 
 
 def check_canary(settings: Settings, client: redis.Redis) -> int:
@@ -104,7 +103,7 @@ def check_canary(settings: Settings, client: redis.Redis) -> int:
     committed unmatched and never read again.
     """
     alerts = list(read_test_alerts(settings))
-    found = answered(client.hkeys(PENDING_KEY), alerts)
+    found = answered(cast("list[str]", client.hkeys(PENDING_KEY)), alerts)
     if found:
         with client.pipeline() as pipe:
             pipe.hdel(PENDING_KEY, *found)
@@ -113,13 +112,13 @@ def check_canary(settings: Settings, client: redis.Redis) -> int:
     return len(found)
 
 
-@app.task(name="snews.canary.send", time_limit=TASK_TIME_LIMIT_S)
+@app.task(name=TaskName.CANARY_SEND, time_limit=TASK_TIME_LIMIT_S)
 def send() -> list[str]:
     """Beat: a synthetic test burst into the observation topic."""
-    return send_canary(settings, state_redis())
+    return send_canary(settings(), state_redis())
 
 
-@app.task(name="snews.canary.check", time_limit=TASK_TIME_LIMIT_S)
+@app.task(name=TaskName.CANARY_CHECK, time_limit=TASK_TIME_LIMIT_S)
 def check() -> int:
     """Beat: did the canaries' alerts reach the test alert topic?"""
-    return check_canary(settings, state_redis())
+    return check_canary(settings(), state_redis())

@@ -36,11 +36,11 @@ from snews.models.messages import HeartbeatMessage
 from snews_pt.messages import Publisher
 from snews_pt.snews_sub import display, save_message
 
-from pipeline import IngestProcess
-from slack_api import FakeSlackApi
-from snews_tasks import localstack
-from snews_tasks.messages import format_time_ns
-from snews_tasks.stack import DEFAULT_PROCFILE, read_procfile
+from snews_tasks.testing.pipeline import IngestProcess
+from snews_tasks.testing.slack_api import FakeSlackApi
+from snews_tasks.entrypoints import localstack
+from snews_tasks.core.times import format_time_ns
+from snews_tasks.entrypoints.stack import DEFAULT_PROCFILE, read_procfile
 
 pytestmark = pytest.mark.e2e
 
@@ -134,7 +134,7 @@ class WholeStack:
         with self.log_path.open("wb") as log:
             # Its own session: a Ctrl-C of pytest reaches the fixture, not `up` behind its back.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "snews_tasks.cli", "--mode", "test", "up"],
+                [sys.executable, "-m", "snews_tasks", "--mode", "test", "up"],
                 env=self.env, cwd=work_dir, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -161,7 +161,7 @@ class WholeStack:
     def status(self) -> dict[str, dict]:
         """`snews-tasks status --json` as an operator runs it, as check name -> check."""
         result = subprocess.run(
-            [sys.executable, "-m", "snews_tasks.cli", "status", "--json", "--timeout", "1"],
+            [sys.executable, "-m", "snews_tasks", "status", "--json", "--timeout", "1"],
             env=self.env, cwd=self.work_dir, capture_output=True, text=True,
             timeout=CLI_TIMEOUT_S)
         try:

@@ -49,15 +49,15 @@ from typing import Any, NamedTuple
 import confluent_kafka
 import pytest
 
-from builders import Run, retraction
-from pipeline import (S, ClockedSlackApi, Pipeline, Worker, applied_order,
+from snews_tasks.testing.builders import Run, retraction
+from snews_tasks.testing.pipeline import (S, ClockedSlackApi, Pipeline, Worker, applied_order,
                       assert_matches_reference, live_observation, redeliver_unacked,
                       start_ingest, unique_alerts)
-from snews_tasks import localstack
-from snews_tasks.celery_app import app
-from snews_tasks.ingest import RECEIVED_KEY
-from snews_tasks.localstack import _signal_group  # a crash, not a shutdown
-from snews_tasks.messages import Message, Tier
+from snews_tasks.entrypoints import localstack
+from snews_tasks.tasks.app import app
+from snews_tasks.adapters.redis_keys import KEYS
+from snews_tasks.entrypoints.process_groups import signal_group  # a crash, not a shutdown
+from snews_tasks.core.messages import Message, Tier
 from snews_tasks.settings import KNOWN_DETECTORS
 
 pytestmark = pytest.mark.faults
@@ -186,18 +186,18 @@ class Restartable:
     def crash(self) -> None:
         """SIGKILL: nothing flushed at exit, only what the server had made durable survives."""
         self.down_since = time.monotonic()
-        _signal_group(self.service.pid, signal.SIGKILL)
+        signal_group(self.service.pid, signal.SIGKILL)
         self.service.stop()
 
     def hang(self, seconds: float) -> None:
         """SIGSTOP, then SIGCONT: connections stay open and nothing answers, as with a hung
         server or a network partition; the server keeps its state."""
         began = time.monotonic()
-        _signal_group(self.service.pid, signal.SIGSTOP)
+        signal_group(self.service.pid, signal.SIGSTOP)
         try:
             time.sleep(seconds)
         finally:
-            _signal_group(self.service.pid, signal.SIGCONT)
+            signal_group(self.service.pid, signal.SIGCONT)
         self.outages.append((began, time.monotonic()))
 
     def start(self) -> None:
@@ -414,7 +414,7 @@ class FaultRun:
             alerts=len(alerts), alert_types=dict(kinds), coincidences=len(pipeline.coincidences()),
             kafka_duplicates=len(published) - len(alerts),
             slack_duplicates=sum(slack_keys.values()) - len(slack_keys),
-            ingest_reads=int(pipeline.state.client.get(RECEIVED_KEY) or 0),
+            ingest_reads=int(pipeline.state.client.get(KEYS.ingest_count("received")) or 0),
             retried_deliveries=len(RETRIED.findall(logs)), applied_out_of_order=overtaken(order, first_occurrences),
             worker_restarts=dict(self.supervisor.restarts), restart_s=self.supervisor.restart_s,
             outage_s=[round(o, 1) for o in outages])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -11,13 +12,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from snews_tasks import localstack
-from snews_tasks.archive import Archive
-from snews_tasks.failures import REDIS_KEY, STORE_KINDS, FailureLog
-from snews_tasks.retry import mongo_policy
+from snews_tasks.entrypoints import localstack
+from snews_tasks.adapters.archive import Archive
+from snews_tasks.adapters.failures import FailureLog
+from snews_tasks.adapters.redis_keys import KEYS
+from snews_tasks.core.errors import MessageError
+from snews_tasks.core.payloads import raw_payload, reject_document
+from snews_tasks.core.routing import FailureKind
+from snews_tasks.adapters.retry_policies import mongo_policy
 from snews_tasks.settings import Settings, load_settings
-from snews_tasks.tasks.storage import (STORES, failure_key, failure_kind, open_archive,
-                                       store_document)
+from snews_tasks.adapters.archive import open_archive
+from snews_tasks.tasks.storage import KINDS, kind_of, store_document
 
 pytestmark = pytest.mark.integration
 
@@ -94,24 +99,38 @@ def test_alert_is_stored_once_per_revision(archive: Archive) -> None:
 
 
 def test_reject_keeps_the_raw_payload_and_is_idempotent(archive: Archive) -> None:
+    """The ingest's bytes (not UTF-8: base64, labelled so) and the writer's JSON values (text)
+    go through the one encoder and come back as they were sent."""
     raw = b"\x80\x04\x95not-json-and-not-utf8"
-    reject = {"reject_id": "obs:0:17", "raw": raw, "reason": "payload is not JSON",
-              "field": None, "received_time_utc": f"{T0:%Y-%m-%dT%H:%M:%S}.000000000Z",
-              "topic": "snews.observations"}
+    received_ns = int(T0.timestamp()) * 10**9
+    reject = reject_document(raw, MessageError("payload", "is not valid JSON"), received_ns,
+                             topic="snews.observations")
     assert archive.store_reject(reject) is True
     assert archive.store_reject({**reject, "reason": "something else"}) is False
-    stored = archive.rejected.find_one({"reject_id": "obs:0:17"})
+    stored = archive.rejected.find_one({"reject_id": reject["reject_id"]})
     assert stored["raw_encoding"] == "base64"
     assert base64.b64decode(stored["raw"]) == raw
-    assert stored["reason"] == "payload is not JSON"
+    assert (stored["raw_size_bytes"], stored["raw_truncated"]) == (len(raw), False)
+    assert stored["reason"] == "payload: is not valid JSON"
     assert stored["received_utc"] == T0
     assert stored["topic"] == "snews.observations"
 
-    archive.store_reject({"reject_id": "obs:0:18", "raw": '{"p_val": 7}',
-                          "reason": "p_val: must be within [0, 1]", "field": "p_val"})
-    readable = archive.rejected.find_one({"reject_id": "obs:0:18"})
-    assert (readable["raw"], readable["raw_encoding"], readable["field"]) == (
-        '{"p_val": 7}', "utf-8", "p_val")
+    payload = {"p_val": 7, "detector_name": "JUNO"}
+    written = reject_document(payload, MessageError("p_val", "must be within [0, 1]"),
+                              received_ns)
+    archive.store_reject(written)
+    readable = archive.rejected.find_one({"reject_id": written["reject_id"]})
+    assert (json.loads(readable["raw"]), readable["raw_encoding"], readable["field"]) == (
+        payload, "utf-8", "p_val")
+    assert raw_payload(payload).digest == readable["reject_id"]
+
+
+def test_a_reject_must_say_how_its_payload_is_encoded(archive: Archive) -> None:
+    reject = reject_document(b"x", MessageError(None, "bad"), 0)
+    with pytest.raises(ValueError, match="reject: field 'raw_encoding' must be 'utf-8' or"):
+        archive.store_reject({**reject, "raw_encoding": "latin-1"})
+    with pytest.raises(ValueError, match="reject: field 'raw' must be a string"):
+        archive.store_reject({**reject, "raw": b"x"})
 
 
 def test_detector_status_follows_the_newest_heartbeat(archive: Archive) -> None:
@@ -133,9 +152,9 @@ def test_detector_status_follows_the_newest_heartbeat(archive: Archive) -> None:
 def test_store_document_dispatches_and_names_failures(archive: Archive) -> None:
     assert store_document(archive, "alert", alert()) is True
     assert store_document(archive, "observation", observation()) is True
-    assert (failure_kind("alert"), failure_key("alert", alert())) == ("alert_store", "c-1:1")
-    assert failure_key("observation", observation()) == "obs-1"
-    assert {failure_kind(kind) for kind in STORES} == STORE_KINDS
+    assert (kind_of("alert").failure, kind_of("alert").key(alert())) == ("alert_store", "c-1:1")
+    assert kind_of("observation").key(observation()) == "obs-1"
+    assert {kind_of(kind).failure for kind in KINDS} == {k for k in FailureKind if k.is_store}
     with pytest.raises(ValueError, match="kind"):
         store_document(archive, "telegram", {})
     with pytest.raises(ValueError, match="'uuid'"):
@@ -175,7 +194,7 @@ def test_store_failures_wait_in_redis_until_redriven(failure_log: FailureLog) ->
     assert listed[("observation_store", "redis")]["payload"] == observation()
 
     failure_log.mark_redriven("observation_store", "obs-1")
-    assert failure_log.redis.hlen(REDIS_KEY) == 0
+    assert failure_log.redis.hlen(KEYS.failed) == 0
     moved = failure_log.collection.find_one({"kind": "observation_store", "key": "obs-1"})
     assert moved["status"] == "redriven" and moved["payload"] == observation()
 
@@ -197,7 +216,7 @@ def test_mongo_outage_is_retryable_and_data_survives_a_restart(tmp_path: Path,
             failure_log = FailureLog(archive, client)
             failure_log.record_failure(kind="alert_kafka", key="c-1:1", payload=alert(),
                                        error="broker down", attempts=3)
-            assert client.hlen(REDIS_KEY) == 1
+            assert client.hlen(KEYS.failed) == 1
 
         service = localstack.start_mongo(service.port, storage_path=storage)
         assert archive.store_observation(observation(uuid="obs-2")) is True  # same client

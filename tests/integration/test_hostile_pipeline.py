@@ -8,6 +8,8 @@ appear.
 
 from __future__ import annotations
 
+import base64
+
 import json
 import os
 import pickle
@@ -28,17 +30,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from snews.models.messages import CoincidenceTierMessage
 
-import builders as h
-from builders import Reduces
-from pipeline import pipelines, slack, start_ingest  # noqa: F401  (fixtures)
-from snews_tasks import localstack
-from snews_tasks.coincidence import LIVE
-from snews_tasks.ingest import RECEIVED_KEY, REJECTED_KEY
-from snews_tasks.messages import Tier, format_time_ns, parse_time_ns
-from snews_tasks.processing import Processor
+from snews_tasks.testing import builders as h
+from snews_tasks.testing.builders import Reduces
+from snews_tasks.testing.pipeline import pipelines, slack, start_ingest  # noqa: F401  (fixtures)
+from snews_tasks.entrypoints import localstack
+from snews_tasks.core.engine import LIVE
+from snews_tasks.adapters.redis_keys import KEYS
+from snews_tasks.core.messages import Tier
+from snews_tasks.core.times import format_time_ns, parse_time_ns
+from snews_tasks.core.processing import Processor
 from snews_tasks.settings import KNOWN_DETECTORS
-from snews_tasks.store import RedisStore
-from snews_tasks.tasks.coincidence import CoincidenceService
+from snews_tasks.core.routing import TaskName
+from snews_tasks.testing.services import writer_service
+from snews_tasks.tasks.writer import CoincidenceService
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +53,7 @@ LIFETIME_NS = round(SETTINGS.cache_lifetime_s * S)
 MAX_SKEW_NS = round(SETTINGS.max_future_skew_s * S)
 EARLIEST_NS = parse_time_ns("0001-01-01T00:00:00Z", "earliest")
 LATEST_NS = parse_time_ns("9999-12-31T23:59:59.999999999Z", "latest")
-REJECT_TASK = "snews.storage.store_reject"
+REJECT_TASK = TaskName.STORE_REJECT
 ALERT_TASK = "snews.kafka.publish_alert"
 EXAMPLES = 150
 #: Hostile inputs drawn before the first valid observation and again before the second.
@@ -247,8 +251,8 @@ def test_hostile_inputs_are_rejected_and_recorded_and_never_block_valid_ones(
         capsys: pytest.CaptureFixture[str]) -> None:
     canary = tmp_path / "pwned"
     sent = h.Sent()
-    store = RedisStore(redis.Redis.from_url(redis_url, decode_responses=True))
-    writer = CoincidenceService(Processor(SETTINGS), store, sent, slack_enabled=True)
+    writer = writer_service(redis.Redis.from_url(redis_url, decode_responses=True), sent,
+                            Processor(SETTINGS))
     tried: Counter[str] = Counter()
     representations = st.sampled_from(["dict", "bytes", "text", "pickle"])
     now_ns = time.time_ns()  # one clock for the run: generation must not depend on the time
@@ -259,7 +263,7 @@ def test_hostile_inputs_are_rejected_and_recorded_and_never_block_valid_ones(
                                      HealthCheck.filter_too_much])
     @given(st.data())
     def hostile_then_valid(data: st.DataObject) -> None:
-        store.client.flushdb()
+        writer.state.client.flushdb()
         gap = st.lists(hostile, min_size=HOSTILE_PER_GAP[0], max_size=HOSTILE_PER_GAP[1])
         before = data.draw(gap, label="before the first valid one")
         between = data.draw(gap, label="between the valid ones")
@@ -279,7 +283,7 @@ def test_hostile_inputs_are_rejected_and_recorded_and_never_block_valid_ones(
         [alert] = [document for task, document in sent if task == ALERT_TASK]
         assert alert["alert_type"] == "NEW"
         assert set(alert["observation_uuids"]) == {first_uuid, second_uuid}
-        assert {o.uuid for o in store.observations(LIVE)} == {first_uuid, second_uuid}
+        assert {o.uuid for o in writer.state.observations(LIVE)} == {first_uuid, second_uuid}
         assert not canary.exists()
 
     hostile_then_valid()
@@ -297,7 +301,7 @@ def assert_rejected(writer: CoincidenceService, sent: h.Sent, payload: object,
                     fields: frozenset[str], now_ns: int) -> None:
     """Rejected, no exception, one reject record naming the field, nothing else handed on."""
     sent.clear()
-    cached = writer.store.observations(LIVE)
+    cached = writer.state.observations(LIVE)
     outcome = writer.handle(payload, now_ns=now_ns)
     assert outcome.startswith("rejected: "), (outcome, payload)
     [(task, reject)] = sent
@@ -307,8 +311,8 @@ def assert_rejected(writer: CoincidenceService, sent: h.Sent, payload: object,
     assert reject["reason"].startswith(f"{reject['field']}: ")
     assert outcome == f"rejected: {reject['reason']}"
     reject["raw"].encode("utf-8")  # archivable: MongoDB stores only valid UTF-8
-    assert writer.store.observations(LIVE) == cached
-    assert writer.store.outbox() == {}
+    assert writer.state.observations(LIVE) == cached
+    assert writer.outbox.pending() == {}
 
 
 # -- the same through the real ingest ------------------------------------------------------------
@@ -346,18 +350,24 @@ def test_hostile_kafka_messages_are_archived_as_rejects_and_the_burst_behind_the
     pipeline.drain()
 
     rejects = {d["reason"]: d for d in pipeline.archive.rejected.find({}, {"_id": False})}
-    # problem in the reason -> (field named, what the archived raw payload holds)
+    # problem in the reason -> (field named, what the archived raw payload holds as text;
+    # None: not UTF-8, so kept as base64 and labelled so)
     by_problem = {
-        "is not valid UTF-8": ("payload", "base64:"),
+        "is not valid UTF-8": ("payload", None),
         "NaN is not a valid JSON number": ("payload", nan_p_value.decode()),
-        "disallowed global 'posix.system'": ("payload", "base64:"),
+        "disallowed global 'posix.system'": ("payload", None),
         f"over the limit of {LIMIT}": ("payload", oversized["uuid"]),
         "tier: missing": ("tier", "failed retry --all"),
     }
     for problem, (field, raw_part) in by_problem.items():
         [reject] = [d for reason, d in rejects.items() if problem in reason]
         assert reject["field"] == field
-        assert raw_part in reject["raw"], reject["raw"][:80]
+        if raw_part is None:
+            assert reject["raw_encoding"] == "base64"
+            assert base64.b64decode(reject["raw"], validate=True)
+        else:
+            assert reject["raw_encoding"] == "utf-8"
+            assert raw_part in reject["raw"], reject["raw"][:80]
     assert not canary.exists()
 
     alerts = pipeline.alerts(pipeline.test_alert_topic)
@@ -365,5 +375,5 @@ def test_hostile_kafka_messages_are_archived_as_rejects_and_the_burst_behind_the
     assert pipeline.alerts() == []  # the example is test traffic
     assert ingest.process.poll() is None, ingest.tail()
     counters = pipeline.state.client
-    assert int(counters.get(REJECTED_KEY)) == hostile_count
-    assert int(counters.get(RECEIVED_KEY)) == hostile_count + 3
+    assert int(counters.get(KEYS.ingest_count("rejected"))) == hostile_count
+    assert int(counters.get(KEYS.ingest_count("received"))) == hostile_count + 3

@@ -25,13 +25,13 @@ from hop.io import Stream
 from hop.models import Blob, JSONBlob
 from snews_pt.messages import Publisher
 
-from pipeline import IngestProcess
-from snews_tasks import localstack
-from snews_tasks.ingest import (COINCIDENCE_TASK, ENQUEUED_KEY, LAST_POLL_KEY, RECEIVED_KEY,
-                                REJECTED_KEY)
-from snews_tasks.messages import format_time_ns, parse_time_ns
+from snews_tasks.testing.pipeline import IngestProcess
+from snews_tasks.entrypoints import localstack
+from snews_tasks.adapters.receipts import RECEIPT_HEADER, RESEND_AFTER_S, Receipts
+from snews_tasks.adapters.redis_keys import KEYS
+from snews_tasks.core.routing import TaskName
+from snews_tasks.core.times import format_time_ns, parse_time_ns
 from snews_tasks.settings import KNOWN_DETECTORS, load_settings
-from snews_tasks.store import RECEIPT_HEADER, RESEND_AFTER_S, RedisStore
 from snews_tasks.tasks import canary
 from snews_tasks.tasks.canary import check_canary, send_canary
 
@@ -65,11 +65,11 @@ class Harness:
 
     def start_ingest(self, *, wait_for_poll: bool = True) -> IngestProcess:
         """Start one; by default wait for its first poll, after which every publish is read."""
-        self.state.delete(LAST_POLL_KEY)
+        self.state.delete(KEYS.ingest_last_poll)
         ingest = IngestProcess(self.env, self.log_path)
         self.processes.append(ingest)
         if wait_for_poll:
-            wait_for(lambda: self.state.get(LAST_POLL_KEY) or ingest.process.poll() is not None,
+            wait_for(lambda: self.state.get(KEYS.ingest_last_poll) or ingest.process.poll() is not None,
                      "the ingest's first poll")
             assert ingest.process.poll() is None, ingest.log()
         return ingest
@@ -87,7 +87,7 @@ class Harness:
         return int(self.state.get(key) or 0)
 
     def wait_received(self, count: int) -> None:
-        wait_for(lambda: self.counter(RECEIVED_KEY) >= count,
+        wait_for(lambda: self.counter(KEYS.ingest_count("received")) >= count,
                  f"{count} messages through the ingest ({self.log_path.read_text()})")
 
     def take(self, queue: str) -> None:
@@ -110,7 +110,7 @@ class Harness:
             for envelope in self.envelopes(queue):
                 [argument], _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
                 task = envelope["headers"]["task"]
-                found += [(task, d) for d in (argument if task == COINCIDENCE_TASK
+                found += [(task, d) for d in (argument if task == TaskName.PROCESS
                                               else [argument])]
             return found
 
@@ -121,7 +121,7 @@ class Harness:
 
     def wait_committed(self, offset: int, queue: str = "coincidence") -> None:
         """Act as the workers meanwhile: take every task of `queue` and record it started."""
-        store = RedisStore(self.state)
+        store = Receipts(self.state)
 
         def committed() -> bool:
             self.take(queue)
@@ -198,7 +198,7 @@ def test_each_message_becomes_one_task_on_its_queue(kafka_service, harness_facto
     coincidence_tasks = harness.tasks("coincidence", 3)
     storage_tasks = harness.tasks("storage", 5)
 
-    assert [task for task, _ in coincidence_tasks] == [COINCIDENCE_TASK] * 3
+    assert [task for task, _ in coincidence_tasks] == [TaskName.PROCESS] * 3
     first, second, pt = (document for _, document in coincidence_tasks)
     assert first == {**{k: v for k, v in json_coincidence.items() if k != "extra"},
                      "is_firedrill": False, "is_pre_sn": False, "meta": {"extra": "kept in meta"}}
@@ -226,13 +226,14 @@ def test_each_message_becomes_one_task_on_its_queue(kafka_service, harness_facto
     assert [r["field"] for r in rejects] == ["detector_name", "payload", "payload"]
     assert "Kamiokande" in rejects[0]["reason"] and unknown_detector["uuid"] in rejects[0]["raw"]
     assert rejects[1]["raw"] == "\x00\x01 not a message"
-    assert rejects[2]["raw"].startswith("base64:")
+    assert rejects[2]["raw_encoding"] == "base64"  # a pickle is not UTF-8
+    assert base64.b64decode(rejects[2]["raw"]).startswith(b"\x80")
     assert "datetime" in rejects[2]["reason"]  # the refused pickle global is named
     assert len({r["reject_id"] for r in rejects}) == 3
 
     all_documents = json.dumps([coincidence_tasks, storage_tasks])
     assert before_start["uuid"] not in all_documents
-    assert (harness.counter(ENQUEUED_KEY), harness.counter(REJECTED_KEY)) == (5, 3)
+    assert (harness.counter(KEYS.ingest_count("enqueued")), harness.counter(KEYS.ingest_count("rejected"))) == (5, 3)
 
 
 def test_restart_continues_after_the_committed_offset(kafka_service, harness_factory) -> None:
@@ -332,8 +333,8 @@ def test_observation_broker_outage_resumes_without_restart(harness_factory, tmp_
         wait_for(lambda: "observation broker unreachable since" in ingest.log(),
                  "the ingest noticing the broker outage")
         # It keeps polling (the liveness key moves) and logs the outage only once.
-        polled = harness.state.get(LAST_POLL_KEY)
-        wait_for(lambda: harness.state.get(LAST_POLL_KEY) != polled, "a poll during the outage")
+        polled = harness.state.get(KEYS.ingest_last_poll)
+        wait_for(lambda: harness.state.get(KEYS.ingest_last_poll) != polled, "a poll during the outage")
 
         kafka = localstack.start_kafka(port, engine="noida", data_dir=data_dir)
         harness.publish(during_restart)
@@ -349,7 +350,7 @@ def test_observation_broker_outage_resumes_without_restart(harness_factory, tmp_
 
 
 def run_cli(harness: Harness, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snews_tasks.cli", *args], env=harness.env,
+    return subprocess.run([sys.executable, "-m", "snews_tasks", *args], env=harness.env,
                           cwd=harness.log_path.parent, capture_output=True, text=True,
                           timeout=DEADLINE_S)
 
@@ -377,7 +378,7 @@ def test_publish_examples_arrive_as_test_observations(kafka_service, harness_fac
     burst_documents = documents[3:]
     assert sorted(d["detector_name"] for d in burst_documents) == sorted(KNOWN_DETECTORS)
     assert max(times[3:]) - min(times[3:]) <= 5 * 10**9
-    assert harness.counter(REJECTED_KEY) == 0  # the pickles passed the restricted decoder
+    assert harness.counter(KEYS.ingest_count("rejected")) == 0  # the pickles passed the restricted decoder
 
 
 def test_canary_goes_through_the_ingest_and_its_alert_is_recognised(

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from hop.io import StartPosition, Stream
 
-from builders import utc
-from snews_tasks import localstack
-from snews_tasks.retry import kafka_policy
+from snews_tasks.testing.builders import utc
+from snews_tasks.entrypoints import localstack
+from snews_tasks.adapters.retry_policies import kafka_policy
 from snews_tasks.settings import Settings, load_settings
-from snews_tasks.tasks.coincidence import PublishFromWriter
-from snews_tasks.tasks.kafka import AlertPublisher, open_publisher
+from snews_tasks.adapters.kafka_alerts import AlertPublisher, open_publisher
+from snews_tasks.tasks.writer import PublishFromWriter
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def test_alerts_arrive_as_json_in_order(kafka_service, topics_and_publisher, cap
     """...and each acknowledgement is logged, so an operator sees when an alert went out."""
     settings, publisher = topics_and_publisher
     sent = [alert("c-1"), alert("c-1", 2, alert_type="UPDATE", p_values=[0.01, 0.2])]
-    with caplog.at_level(logging.INFO, logger="snews_tasks.tasks.kafka"):
+    with caplog.at_level(logging.INFO, logger="snews_tasks.adapters.kafka_alerts"):
         for message in sent:
             publisher.publish(message)
     assert read_topic(kafka_service, settings.alert_topic) == sent

@@ -18,8 +18,8 @@ from hop.models import JSONBlob
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from slack_api import FakeSlackApi
-from snews_tasks import localstack
+from snews_tasks.testing.slack_api import FakeSlackApi
+from snews_tasks.entrypoints import localstack
 
 pytestmark = pytest.mark.integration
 

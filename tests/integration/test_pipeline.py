@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from builders import Run
-from pipeline import (S, assert_matches_reference, live_observation,  # noqa: F401  (fixtures)
+from snews_tasks.testing.builders import Run
+from snews_tasks.testing.pipeline import (S, assert_matches_reference, live_observation,  # noqa: F401  (fixtures)
                       pipelines, slack)
-from snews_tasks.messages import Message
+from snews_tasks.core.messages import Message
 
 pytestmark = pytest.mark.integration
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from builders import Run, retraction
-from pipeline import (S, ClockedSlackApi, Pipeline, applied_order,  # noqa: F401
+from snews_tasks.testing.builders import Run, retraction
+from snews_tasks.testing.pipeline import (S, ClockedSlackApi, Pipeline, applied_order,  # noqa: F401
                       assert_matches_reference, live_observation, pipelines, slack,
                       unique_alerts)
-from snews_tasks import localstack
-from snews_tasks.failures import REDIS_KEY as FAILED_IN_REDIS
-from snews_tasks.messages import Message, Tier
+from snews_tasks.entrypoints import localstack
+from snews_tasks.adapters.redis_keys import KEYS
+from snews_tasks.core.messages import Message, Tier
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +150,7 @@ def test_mongodb_outage_mid_stream_stores_everything_once(restartable_mongo, pip
     alerts = unique_alerts(pipeline.alerts())
     assert sorted((d["alert_id"], d["revision"]) for d in pipeline.archive.alerts.find()
                   ) == sorted(alerts)
-    assert pipeline.state.client.hlen(FAILED_IN_REDIS) == 0
+    assert pipeline.state.client.hlen(KEYS.failed) == 0
     assert pipeline.archive.failed_notifications.count_documents({}) == 0
 
 

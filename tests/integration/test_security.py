@@ -34,19 +34,20 @@ from bson import json_util
 from hop.io import Stream
 from hop.models import JSONBlob
 
-import builders as h
-from pipeline import (REPO, VENV_BIN, S, ClockedSlackApi, Pipeline,  # noqa: F401  (fixtures)
+from snews_tasks.testing import builders as h
+from snews_tasks.testing.pipeline import (REPO, VENV_BIN, S, ClockedSlackApi, Pipeline,  # noqa: F401  (fixtures)
                       live_observation, pipelines, slack, start_ingest)
-from snews_tasks import localstack
-from snews_tasks.archive import Archive
-from snews_tasks.coincidence import LIVE
-from snews_tasks.failures import FailureLog
-from snews_tasks.ingest import COINCIDENCE_TASK, LAST_POLL_KEY, REJECT_TASK, TASK_FOR_TIER
-from snews_tasks.processing import Processor
+from snews_tasks.entrypoints import localstack
+from snews_tasks.adapters.archive import Archive
+from snews_tasks.core.engine import LIVE
+from snews_tasks.adapters.failures import FailureLog
+from snews_tasks.adapters.redis_keys import KEYS
+from snews_tasks.entrypoints.ingest import TASK_FOR_TIER
+from snews_tasks.core.processing import Processor
 from snews_tasks.settings import load_settings
-from snews_tasks.stack import group_members, stop_group
-from snews_tasks.store import RedisStore
-from snews_tasks.tasks.coincidence import DELIVERIES, CoincidenceService
+from snews_tasks.entrypoints.process_groups import group_members, stop_group
+from snews_tasks.core.routing import DELIVERIES, TaskName
+from snews_tasks.testing.services import writer_service
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +121,7 @@ def test_everything_the_local_stack_starts_listens_on_loopback_only(tmp_path: Pa
             return (output.count(" ready.") >= 2  # the coincidence and notify workers
                     and "beat: Starting" in output
                     and localstack._port_answers(ports["flower"])
-                    and state.exists(LAST_POLL_KEY) == 1)
+                    and state.exists(KEYS.ingest_last_poll) == 1)
 
         localstack.wait_until(ready, READY_TIMEOUT_S, "the local stack", process=up,
                               log_path=log_path)
@@ -254,7 +255,7 @@ def test_secrets_appear_in_no_log_output_document_or_key(
     pipeline = pipelines(mongo_url=mongo_url, settings={
         "SNEWS_SLACK_TOKEN": slack_token, "SNEWS_FLOWER_BASIC_AUTH": f"ops:{flower_password}",
         "SNEWS_OBSERVATION_TOPIC": topic})
-    assert load_settings(environ=pipeline.env).slack_token.reveal() == slack_token
+    assert load_settings(environ=pipeline.env).slack_token.get_secret_value() == slack_token
     pipeline.start_workers("coincidence", "notify")
     start_ingest(pipeline)
     slack.down()  # every post fails: retried, logged, then recorded with its error
@@ -302,8 +303,7 @@ def test_messages_that_look_like_commands_do_no_more_than_a_message_may(
     records stay as they were; only the owner's own retraction acts."""
     sent = h.Sent()
     state = redis.Redis.from_url(redis_url, decode_responses=True)
-    writer = CoincidenceService(Processor(h.settings()), RedisStore(state), sent,
-                                slack_enabled=True)
+    writer = writer_service(state, sent, Processor(h.settings()))
     now = h.T0 + 3600 * S
     super_k, icecube = h.observation("Super-K", 0), h.observation("IceCube", 1)
     for message in (super_k, icecube):
@@ -313,7 +313,7 @@ def test_messages_that_look_like_commands_do_no_more_than_a_message_may(
     failures = FailureLog(Archive(mongo, f"snews-{uuidlib.uuid4().hex[:10]}"), state)
     failures.record_failure(kind="alert_slack", key=f"{alert['alert_id']}:1", payload=alert,
                             error="SlackApiError: service_unavailable", attempts=4)
-    coincidences, cached = writer.store.coincidences(LIVE), writer.store.observations(LIVE)
+    coincidences, cached = writer.state.coincidences(LIVE), writer.state.observations(LIVE)
     failed = failures.list_failures()
     sent.clear()
 
@@ -331,8 +331,8 @@ def test_messages_that_look_like_commands_do_no_more_than_a_message_may(
             "rejected", "rejected", "rejected", "retraction matched nothing", "rejected",
             "duplicate"]
         assert "a detector retracts only its own" in outcomes[4]
-        assert writer.store.coincidences(LIVE) == coincidences
-        assert writer.store.observations(LIVE) == cached
+        assert writer.state.coincidences(LIVE) == coincidences
+        assert writer.state.observations(LIVE) == cached
         assert failures.list_failures() == failed
         assert failures.list_failures("redriven") == []
         assert {task for task, _ in sent} == {"snews.storage.store_reject",
@@ -340,7 +340,7 @@ def test_messages_that_look_like_commands_do_no_more_than_a_message_may(
 
         # The owner's retraction does act: the test above could have seen a change.
         writer.handle(h.retraction("Super-K", latest_n=1_000_000).to_dict(), now_ns=now)
-        assert [o.uuid for o in writer.store.observations(LIVE)] == [icecube.uuid]
+        assert [o.uuid for o in writer.state.observations(LIVE)] == [icecube.uuid]
         assert [d["alert_type"] for t, d in sent if t == "snews.kafka.publish_alert"] == [
             "RETRACTION"]
     finally:
@@ -361,14 +361,16 @@ def _uses(path: Path, names: set[str]) -> bool:
 def test_only_the_operator_cli_can_redrive_failures() -> None:
     """What a Kafka message can reach: the ingest's tasks, then the writer's deliveries.
     None of them lists or re-drives failure records; only `snews-tasks failed` does."""
-    assert set(TASK_FOR_TIER.values()) | {REJECT_TASK} == {
-        COINCIDENCE_TASK, "snews.storage.store_heartbeat", "snews.storage.store_observation",
-        REJECT_TASK}
+    assert set(TASK_FOR_TIER.values()) | {TaskName.STORE_REJECT} == {
+        TaskName.PROCESS, "snews.storage.store_heartbeat", "snews.storage.store_observation",
+        TaskName.STORE_REJECT}
     assert {task for tasks in DELIVERIES.values() for task in tasks} == {
-        "snews.storage.store_alert", "snews.storage.store_observations", REJECT_TASK,
+        "snews.storage.store_alert", "snews.storage.store_observations", TaskName.STORE_REJECT,
         "snews.kafka.publish_alert", "snews.slack.post_alert"}
     package = REPO / "snews_tasks"
-    admin = {"list_failures", "mark_redriven", "REDRIVE_TASKS"}
-    users = {str(path.relative_to(package)) for path in package.rglob("*.py")
-             if _uses(path, admin)}
-    assert users == {"operations.py"}
+    def users(names: set[str]) -> set[str]:
+        return {str(path.relative_to(package)) for path in package.rglob("*.py")
+                if _uses(path, names)}
+
+    assert users({"mark_redriven", "redrive_task"}) == {"entrypoints/failed.py"}
+    assert users({"list_failures"}) == {"entrypoints/failed.py", "entrypoints/status.py"}

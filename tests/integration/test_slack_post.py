@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from slack_sdk.errors import SlackApiError
 
-from builders import utc
-from snews_tasks.localstack import free_port
-from snews_tasks.retry import slack_policy
+from snews_tasks.testing.builders import utc
+from snews_tasks.entrypoints.localstack import free_port
+from snews_tasks.adapters.retry_policies import slack_policy
 from snews_tasks.settings import load_settings
-from snews_tasks.slack_format import slack_blocks
-from snews_tasks.tasks.slack import SlackPoster, open_slack
+from snews_tasks.core.slack_blocks import slack_blocks
+from snews_tasks.adapters.slack import SlackPoster, open_slack
 
 pytestmark = pytest.mark.integration
 

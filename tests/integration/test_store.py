@@ -8,11 +8,12 @@ import threading
 import pytest
 import redis
 
-import builders as h
-from snews_tasks.coincidence import LIVE, brute_force_coincidences
-from snews_tasks.processing import Processor
-from snews_tasks.store import RedisStore
-from snews_tasks.tasks.coincidence import CoincidenceService
+from snews_tasks.testing import builders as h
+from snews_tasks.core.engine import LIVE, brute_force_coincidences
+from snews_tasks.core.processing import Processor
+from snews_tasks.adapters.redis_keys import KEYS
+from snews_tasks.tasks.writer import CoincidenceService
+from snews_tasks.testing.services import writer_service
 
 pytestmark = pytest.mark.integration
 DETECTORS = ("Super-K", "IceCube", "JUNO", "KamLAND", "LVD", "Borexino")
@@ -40,8 +41,13 @@ def random_stream(seed: int, n: int) -> list:
 def service(url: str) -> tuple[CoincidenceService, h.Sent]:
     sent = h.Sent()
     client = redis.Redis.from_url(url, decode_responses=True)
-    return CoincidenceService(Processor(h.settings()), RedisStore(client), sent,
-                              slack_enabled=True), sent
+    return writer_service(client, sent, Processor(h.settings())), sent
+
+
+def resend(svc: CoincidenceService, older_than_s: float, queue_is_empty: bool) -> int:
+    """The sweep's resend, with every queue seen empty or not."""
+    svc.queue_is_empty = lambda task: queue_is_empty
+    return svc.resend_unfinished(older_than_s=older_than_s)
 
 
 NOW = h.T0 + 3600 * h.S
@@ -56,15 +62,15 @@ def test_redis_writer_matches_replay_and_brute_force(redis_url):
     for m in stream:
         run.send(m)
 
-    redis_sets = {frozenset(m.uuid for m in c.members) for c in svc.store.coincidences(LIVE)}
+    redis_sets = {frozenset(m.uuid for m in c.members) for c in svc.state.coincidences(LIVE)}
     assert redis_sets == run.member_sets()
-    assert redis_sets == brute_force_coincidences(svc.store.observations(LIVE), 10 * h.S)
+    assert redis_sets == brute_force_coincidences(svc.state.observations(LIVE), 10 * h.S)
     alerts = [doc for task, doc in sent if task == "snews.kafka.publish_alert"]
     assert [(a["alert_type"], a["detector_names"]) for a in alerts] == \
         [(a["alert_type"], a["detector_names"]) for a in run.alerts]
     stored = {doc["uuid"] for task, doc in sent if task == "snews.storage.store_observations"}
     assert stored == {m.uuid for m in stream}
-    assert svc.store.outbox() == {}
+    assert svc.outbox.pending() == {}
 
 
 def test_a_redelivered_message_changes_nothing_and_sends_nothing(redis_url):
@@ -72,9 +78,9 @@ def test_a_redelivered_message_changes_nothing_and_sends_nothing(redis_url):
     a, b = h.observation("Super-K", 0), h.observation("IceCube", 1)
     svc.handle(a.to_dict(), now_ns=NOW)
     svc.handle(b.to_dict(), now_ns=NOW)
-    before, n_sent = svc.store.coincidences(LIVE), len(sent)
+    before, n_sent = svc.state.coincidences(LIVE), len(sent)
     assert svc.handle(b.to_dict(), now_ns=NOW) == "duplicate"
-    assert svc.store.coincidences(LIVE) == before and len(sent) == n_sent
+    assert svc.state.coincidences(LIVE) == before and len(sent) == n_sent
 
 
 def test_bad_input_is_rejected_recorded_and_does_not_block_the_next(redis_url):
@@ -99,14 +105,14 @@ def test_a_crash_between_commit_and_dispatch_is_delivered_by_the_sweep(redis_url
     svc.send = broker_gone
     with pytest.raises(ConnectionError):
         svc.handle(h.observation("IceCube", 1).to_dict(), now_ns=NOW)
-    assert len(svc.store.coincidences(LIVE)) == 1  # committed
-    pending = svc.store.outbox()
+    assert len(svc.state.coincidences(LIVE)) == 1  # committed
+    pending = svc.outbox.pending()
     assert any(k.startswith("alert:") for k in pending)
     svc.send = sent
     assert svc.dispatch() == len(pending)
     assert [d["alert_type"] for t, d in sent if t == "snews.kafka.publish_alert"] == ["NEW"]
     assert len([t for t, d in sent if t == "snews.storage.store_observations"]) == 2
-    assert svc.store.outbox() == {}
+    assert svc.outbox.pending() == {}
 
 
 def test_two_writers_at_once_leave_the_state_of_one(redis_url, new_redis_url):
@@ -134,9 +140,9 @@ def test_two_writers_at_once_leave_the_state_of_one(redis_url, new_redis_url):
     for t in threads:
         t.join()
     assert errors == []
-    shared = {frozenset(m.uuid for m in c.members) for c in first.store.coincidences(LIVE)}
+    shared = {frozenset(m.uuid for m in c.members) for c in first.state.coincidences(LIVE)}
     assert shared == {frozenset(m.uuid for m in c.members)
-                      for c in serial.store.coincidences(LIVE)}
+                      for c in serial.state.coincidences(LIVE)}
     # Delivery is at-least-once (both writers may hand on the same outbox entry); after the
     # consumers' deduplication by (alert_id, revision) each coincidence had one NEW.
     def deduplicated(sent: h.Sent) -> dict:
@@ -195,7 +201,7 @@ def test_an_alert_the_writer_published_itself_skips_the_kafka_task(redis_url, br
     tasks = [t for t, d in sent if d.get("alert_id") == alert["alert_id"]]
     expected = {"snews.storage.store_alert", "snews.slack.post_alert"}
     assert set(tasks) == expected | (set() if broker_has_it else {"snews.kafka.publish_alert"})
-    assert svc.store.outbox() == {}
+    assert svc.outbox.pending() == {}
 
 
 def test_deliveries_that_never_finish_are_sent_again_until_they_do(redis_url):
@@ -210,22 +216,25 @@ def test_deliveries_that_never_finish_are_sent_again_until_they_do(redis_url):
     first = list(sent)
     sent.clear()
 
-    assert svc.resend_unfinished(older_than_s=0, queue_is_empty=lambda task: False) == 0
-    assert svc.resend_unfinished(older_than_s=3600, queue_is_empty=lambda task: True) == 0
+    assert resend(svc, 0, False) == 0
+    assert resend(svc, 3600, True) == 0
     assert sent == []
-    assert svc.resend_unfinished(older_than_s=0, queue_is_empty=lambda task: True) == 5
-    assert sorted(sent, key=repr) == sorted(first, key=repr)  # 2 observations, 3 alert tasks
+    assert resend(svc, 0, True) == 5
+    def by_task(item: tuple[str, dict]) -> tuple[str, str]:
+        return str(item[0]), repr(item[1])
+
+    assert sorted(sent, key=by_task) == sorted(first, key=by_task)  # 2 observations, 3 alerts
 
     sent.clear()
-    svc.store.deliveries_retrying([key], "snews.slack.post_alert", due_s=60)
-    assert svc.resend_unfinished(older_than_s=0, queue_is_empty=lambda task: True) == 4
+    svc.outbox.deliveries_retrying([key], "snews.slack.post_alert", due_s=60)
+    assert resend(svc, 0, True) == 4
     assert "snews.slack.post_alert" not in {task for task, _ in sent}
 
     sent.clear()
     for task, document in first:
         entry = key if "alert_id" in document else f"observation:{document['uuid']}"
-        svc.store.deliveries_done([entry], task)
-    assert svc.resend_unfinished(older_than_s=0, queue_is_empty=lambda task: True) == 0
-    assert sent == [] and svc.store.client.hlen(svc.store.key("outbox")) == 0
-    assert not svc.store.client.exists(svc.store.key("outbox", "wait", key))
-    assert not svc.store.client.exists(svc.store.key("outbox", "retry"))
+        svc.outbox.deliveries_done([entry], task)
+    assert resend(svc, 0, True) == 0
+    assert sent == [] and svc.outbox.client.hlen(KEYS.outbox) == 0
+    assert not svc.outbox.client.exists(KEYS.outbox_wait(key))
+    assert not svc.outbox.client.exists(KEYS.outbox_retry)

@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
-from builders import LIVE, S, TEST, Run, heartbeat, observation, retraction, utc
-from snews_tasks.alerts import false_alarm_rate_per_year
-from snews_tasks.coincidence import Observation, maximal_windows
-from snews_tasks.messages import MessageError
+from snews_tasks.testing.builders import LIVE, S, TEST, Run, heartbeat, observation, retraction, utc
+from snews_tasks.core.alerts import false_alarm_rate_per_year
+from snews_tasks.core.engine import Observation, maximal_windows
+from snews_tasks.core.messages import MessageError
 
 
 def types(alerts: list[dict]) -> list[str]:

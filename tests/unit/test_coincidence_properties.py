@@ -7,8 +7,8 @@ from collections import defaultdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builders import LIVE, TEST, S, Run, observation, retraction
-from snews_tasks.coincidence import brute_force_coincidences
+from snews_tasks.testing.builders import LIVE, TEST, S, Run, observation, retraction
+from snews_tasks.core.engine import brute_force_coincidences
 
 DETECTORS = ("Super-K", "IceCube", "JUNO", "KamLAND", "LVD")
 THRESHOLD_NS = 10 * S

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builders import observation, settings as unit_settings
-from payloads import coincidence_model
-from snews_tasks.messages import Message, MessageError
-from snews_tasks import processing
-from snews_tasks.processing import Processor
-from snews_tasks.replay import Replayer, replay_lines
+from snews_tasks.testing.builders import observation, settings as unit_settings
+from snews_tasks.testing.payloads import coincidence_model
+from snews_tasks.core.messages import Message, MessageError
+from snews_tasks.core import processing
+from snews_tasks.core.processing import Processor
+from snews_tasks.core.replay import Replayer, replay_lines
 
 PROCESSOR = Processor(unit_settings())
 VALID = observation("Super-K", 0).to_dict()

@@ -6,7 +6,7 @@ import pytest
 from hop.models import Blob, JSONBlob
 from hypothesis import given
 from hypothesis import strategies as st
-from payloads import (
+from snews_tasks.testing.payloads import (
     DETECTORS,
     NANOS,
     coincidence_model,
@@ -15,16 +15,9 @@ from payloads import (
     tier_models,
 )
 
-from snews_tasks.messages import (
-    Message,
-    MessageError,
-    Tier,
-    check_freshness,
-    decode_payload,
-    format_time_ns,
-    parse_message,
-    parse_time_ns,
-)
+from snews_tasks.core.messages import Message, MessageError, Tier, check_freshness, parse_message
+from snews_tasks.core.payloads import decode_payload
+from snews_tasks.core.times import format_time_ns, parse_time_ns
 
 LIMIT = 65536
 NOON_NS = int(datetime(2026, 11, 21, 12, 30, tzinfo=UTC).timestamp()) * 10**9
@@ -56,6 +49,11 @@ def _message_data(base: Tier, /, **changes: object) -> dict:
     return {key: value for key, value in data.items() if value is not DELETE}
 
 
+def _wire(message: Blob | JSONBlob) -> bytes:
+    """The Kafka record value hop writes for a message (what the ingest reads)."""
+    return message.serialize()["content"]
+
+
 def _parse(data: object) -> Message:
     return parse_message(decode_payload(data, max_bytes=LIMIT), detectors=DETECTORS)
 
@@ -75,11 +73,11 @@ EXPECTED_TIER_FIELDS = {
 @pytest.mark.parametrize("tier", list(Tier))
 def test_every_tier_parses_alike_from_dict_json_and_pickle(tier: Tier) -> None:
     model = tier_models()[tier]
-    from_pickle = _parse(Blob(pickle.dumps(model)))
+    from_pickle = _parse(_wire(Blob(pickle.dumps(model))))
     assert _parse(model.model_dump()) == from_pickle
     assert _parse(model.model_dump_json().encode()) == from_pickle
     assert _parse(model.model_dump_json()) == from_pickle
-    assert _parse(JSONBlob(model.model_dump(mode="json"))) == from_pickle
+    assert _parse(_wire(JSONBlob(model.model_dump(mode="json")))) == from_pickle
     assert (from_pickle.tier, from_pickle.uuid, from_pickle.detector_name) == (tier, model.uuid, "Super-K")
     assert from_pickle.meta == {"run": 7}
     assert from_pickle.machine_time_utc == model.machine_time_utc
@@ -112,7 +110,7 @@ def test_blobs_written_by_the_snews_pt_publisher_parse() -> None:
     blobs = published_blobs(
         {"detector_name": "IceCube", "neutrino_time_utc": neutrino_time, "p_val": 0.3, "is_test": "True"}
     )
-    messages = [_parse(blob) for blob in blobs]
+    messages = [_parse(_wire(blob)) for blob in blobs]
     assert [(m.tier, m.detector_name, m.neutrino_time_utc, m.is_test) for m in messages] == [
         (Tier.COINCIDENCE, "IceCube", neutrino_time, True)
     ]
@@ -240,7 +238,7 @@ BAD_PAYLOADS = [
     ("{\"detector_name\": \"\ud800\"}", "payload", "not valid Unicode text"),
     (b"[1, 2]", "payload", "must be a JSON object, got list"),
     (b'"CoincidenceTier"', "payload", "must be a JSON object, got str"),
-    (JSONBlob([COINCIDENCE]), "payload", "must be a JSON object, got list"),
+    (_wire(JSONBlob([COINCIDENCE])), "payload", "must be a JSON object, got list"),
     (12345, "payload", "must be a JSON object, got int"),
     (b"{not json", "payload", "not valid JSON"),
     (b'{"p_val": NaN}', "payload", "NaN is not a valid JSON number"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from snews_tasks.operations import canary_health, redact
+from snews_tasks.entrypoints.status import canary_health, redact
 
 
 @pytest.mark.parametrize(("last_ok", "sent", "healthy", "says"), [

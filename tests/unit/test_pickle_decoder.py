@@ -6,12 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from builders import Reduces
-from payloads import coincidence_model, published_blobs, recent_time_utc, tier_models
+from snews_tasks.testing.builders import Reduces
+from snews_tasks.testing.payloads import coincidence_model, published_blobs, recent_time_utc, tier_models
 from snews.models.messages import Tier as SnewsTier
 
-from snews_tasks.messages import MessageError, Tier
-from snews_tasks.pickle_decoder import decode_pickled_model
+from snews_tasks.core.messages import MessageError, Tier
+from snews_tasks.core.pickles import decode_pickled_model
 
 
 def _text(text: str) -> bytes:

@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from builders import observation, retraction
+from snews_tasks.testing.builders import observation, retraction
 
 
 def replay(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snews_tasks.cli", "replay", "--dry-run", *args],
+    return subprocess.run([sys.executable, "-m", "snews_tasks", "replay", "--dry-run", *args],
                           capture_output=True, text=True, timeout=60)
 
 

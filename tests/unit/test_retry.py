@@ -10,8 +10,9 @@ from pymongo.errors import (AutoReconnect, DuplicateKeyError, NetworkTimeout, Op
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web import SlackResponse
 
-from snews_tasks import retry
-from snews_tasks.retry import RetryPolicy, kafka_policy, mongo_policy, slack_policy
+from snews_tasks.adapters.retry_policies import kafka_policy, mongo_policy, slack_policy
+from snews_tasks.core import backoff
+from snews_tasks.core.backoff import Backoff, RetryPolicy
 from snews_tasks.settings import load_settings
 
 SETTINGS = load_settings("test", environ={})
@@ -35,10 +36,10 @@ def kafka_error(code: int) -> confluent_kafka.KafkaError:
 
 def test_delay_stays_within_zero_and_the_capped_exponential(monkeypatch) -> None:
     upper = policy(backoff_s=1.0, backoff_max_s=10.0)
-    monkeypatch.setattr(retry.random, "uniform", lambda low, high: high)
+    monkeypatch.setattr(backoff.random, "uniform", lambda low, high: high)
     assert [upper.delay(attempt) for attempt in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert upper.delay(10_000) == 10.0  # no overflow for absurd attempt numbers
-    monkeypatch.setattr(retry.random, "uniform", lambda low, high: low)
+    monkeypatch.setattr(backoff.random, "uniform", lambda low, high: low)
     assert upper.delay(3) == 0.0
 
 
@@ -50,7 +51,7 @@ def test_delay_is_jittered_and_bounded() -> None:
 
 
 def test_retry_after_is_a_floor_not_a_ceiling(monkeypatch) -> None:
-    monkeypatch.setattr(retry.random, "uniform", lambda low, high: high)
+    monkeypatch.setattr(backoff.random, "uniform", lambda low, high: high)
     assert policy().delay(0, retry_after=30.0) == 30.0
     assert policy().delay(3, retry_after=0.5) == 8.0
 
@@ -128,3 +129,10 @@ def test_policies_take_their_numbers_from_settings() -> None:
         assert service_policy.max_retries == SETTINGS.retry_max
         assert service_policy.backoff_s == SETTINGS.retry_backoff_s
         assert service_policy.backoff_max_s == SETTINGS.retry_backoff_max_s
+
+
+def test_backoff_doubles_to_its_cap_and_starts_again_after_a_reset() -> None:
+    waits = Backoff(0.5, 3.0)
+    assert [waits.delay() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    waits.reset()
+    assert waits.delay() == 0.5

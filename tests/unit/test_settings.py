@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
 from snews_tasks.settings import (
-    KNOWN_DETECTORS, Secret, Settings, SettingsError, describe_settings, load_settings,
+    KNOWN_DETECTORS, Settings, SettingsError, describe_settings, load_settings,
+    require_flower_auth,
 )
 
 FLOWER_AUTH = {"SNEWS_FLOWER_BASIC_AUTH": "operator:s3cret-pw"}
@@ -25,7 +25,7 @@ def test_local_defaults_from_the_repository_config() -> None:
     assert settings.detectors == KNOWN_DETECTORS
     assert len(settings.detectors) == 20
     assert settings.state_redis_url == "redis://127.0.0.1:6379/1"
-    assert settings.mongo_url.reveal() == "mongodb://127.0.0.1:27017"
+    assert settings.mongo_url.get_secret_value() == "mongodb://127.0.0.1:27017"
     assert settings.slack_token is None
     assert settings.flower_basic_auth is None
 
@@ -117,7 +117,7 @@ def test_secrets_never_appear_in_repr_str_or_errors() -> None:
     settings = load_settings("production", {"SNEWS_SLACK_TOKEN": token,
                                             "SNEWS_MONGO_URL": "mongodb://u:pw123@db:27017"}
                              | FLOWER_AUTH)
-    assert settings.slack_token is not None and settings.slack_token.reveal() == token
+    assert settings.slack_token is not None and settings.slack_token.get_secret_value() == token
     text = repr(settings) + str(settings) + str(settings.slack_token)
     for secret in (token, "pw123", "s3cret-pw"):
         assert secret not in text
@@ -131,22 +131,26 @@ def test_empty_optional_secret_means_unset() -> None:
     assert load_settings("local", {"SNEWS_SLACK_TOKEN": ""}).slack_token is None
 
 
-def test_production_needs_flower_auth_from_the_environment() -> None:
+def test_flower_in_production_needs_auth_from_the_environment_and_nothing_else_does() -> None:
+    without = load_settings("production", {})  # status, the workers, the ingest: no Flower
     with pytest.raises(SettingsError, match=r"SNEWS_FLOWER_BASIC_AUTH: required in production"):
-        load_settings("production", {})
+        require_flower_auth(without)
     settings = load_settings("production", FLOWER_AUTH)
-    assert settings.flower_basic_auth == Secret("operator:s3cret-pw")
+    require_flower_auth(settings)
+    assert settings.flower_basic_auth is not None
+    assert settings.flower_basic_auth.get_secret_value() == "operator:s3cret-pw"
     assert settings.hop_auth == "true"
 
 
 def test_flower_beyond_localhost_needs_auth_even_locally() -> None:
+    require_flower_auth(load_settings("local", {}))
     with pytest.raises(SettingsError, match="SNEWS_FLOWER_BASIC_AUTH: required"):
-        load_settings("local", {"SNEWS_FLOWER_ADDRESS": "0.0.0.0"})
+        require_flower_auth(load_settings("local", {"SNEWS_FLOWER_ADDRESS": "0.0.0.0"}))
 
 
 def test_firedrill_and_production_differ_only_in_topics_channel_and_tag() -> None:
-    firedrill = dataclasses.asdict(load_settings("firedrill", FLOWER_AUTH))
-    production = dataclasses.asdict(load_settings("production", FLOWER_AUTH))
+    firedrill = load_settings("firedrill", FLOWER_AUTH).model_dump()
+    production = load_settings("production", FLOWER_AUTH).model_dump()
     differing = {name for name in production if production[name] != firedrill[name]}
     assert differing == {"mode", "server_tag", "observation_topic", "alert_topic",
                          "test_alert_topic", "slack_channel"}
@@ -159,7 +163,7 @@ def test_retry_backoff_cap_below_start_is_rejected() -> None:
 
 def test_describe_settings_covers_every_field_with_doc_and_file_syntax_default() -> None:
     described = {doc.name: doc for doc in describe_settings()}
-    assert set(described) == {"SNEWS_" + f.name.upper() for f in dataclasses.fields(Settings)}
+    assert set(described) == {"SNEWS_" + name.upper() for name in Settings.model_fields}
     assert all(doc.doc for doc in described.values())
     assert described["SNEWS_COINCIDENCE_THRESHOLD_S"].default == "10.0"
     assert described["SNEWS_DETECTORS"].default == ",".join(KNOWN_DETECTORS)

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from snews_tasks.slack_format import MAX_HEADER_CHARS, slack_blocks
+from snews_tasks.core.slack_blocks import MAX_HEADER_CHARS, slack_blocks
 
 
 def alert(**overrides: Any) -> dict[str, Any]:

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from snews_tasks.localstack import wait_until
+from snews_tasks.entrypoints.localstack import wait_until
 from snews_tasks.settings import load_settings
-from snews_tasks.stack import (DEFAULT_PROCFILE, PrefixedOutput, ProcfileEntry, Stack,
-                               StackError, group_members, parse_procfile, read_procfile,
-                               select_entries, start_process, stop_group)
+from snews_tasks.entrypoints.process_groups import group_members, stop_group
+from snews_tasks.entrypoints.stack import (DEFAULT_PROCFILE, PrefixedOutput, ProcfileEntry,
+                                           Stack, StackError, parse_procfile, read_procfile,
+                                           select_entries, start_process)
 
 REPO = Path(__file__).resolve().parents[2]
 HANG_S = 30.0  # only a hang reaches it

@@ -1,0 +1,5 @@
+"""`python -m snews_tasks` is `snews-tasks`."""
+
+from .entrypoints.cli import main
+
+main()

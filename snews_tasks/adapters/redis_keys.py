@@ -1,0 +1,110 @@
+"""Every Redis key the system uses, named once.
+
+State Redis (P = prefix, "snews"; N = namespace, live or test):
+  P:version             bumped by every state commit (the optimistic lock)
+  P:seq                 arrival counter (retract_latest_n, creation order)
+  P:processed           zset uuid -> keep-until (s): duplicates change nothing
+  P:N:obs               hash uuid -> observation JSON
+  P:N:coinc             hash id -> coincidence JSON
+  P:outbox              hash key -> delivery JSON, until every delivery task has finished
+  P:outbox:sent         zset key -> when its deliveries were handed to the queues (s)
+  P:outbox:wait:KEY     set of the delivery tasks of KEY that have not finished yet
+  P:outbox:retry        hash "KEY|task" -> until when (s) that task waits for its retry
+  P:receipt:ID          a task sent with receipt ID has started (expires after a day)
+  P:detectors           hash detector -> last heartbeat JSON
+  P:ingest:last_poll    unix time of the ingest's latest poll, empty or not
+  P:ingest:received / :enqueued / :rejected   the ingest's counters
+  P:canary:sent         JSON {"time", "uuids"} of the latest canary
+  P:canary:pending      hash "uuid,uuid" -> send time of canaries not seen back yet
+  P:canary:last_ok      unix time of the latest check that found a canary's alert
+  P:slack:posted:KEY    a posted alert revision (KEY = alert_id:revision), for a week
+  P:failed              hash "kind:key" -> failure record, while MongoDB cannot hold it
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix; tests give each run its own."""
+
+    prefix: str = "snews"
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # -- coincidence state
+    @property
+    def version(self) -> str:
+        return self._key("version")
+
+    @property
+    def seq(self) -> str:
+        return self._key("seq")
+
+    @property
+    def processed(self) -> str:
+        return self._key("processed")
+
+    def observations(self, namespace: str) -> str:
+        return self._key(namespace, "obs")
+
+    def coincidences(self, namespace: str) -> str:
+        return self._key(namespace, "coinc")
+
+    # -- outbox
+    @property
+    def outbox(self) -> str:
+        return self._key("outbox")
+
+    @property
+    def outbox_sent(self) -> str:
+        return self._key("outbox", "sent")
+
+    def outbox_wait(self, entry: str) -> str:
+        return self._key("outbox", "wait", entry)
+
+    @property
+    def outbox_retry(self) -> str:
+        return self._key("outbox", "retry")
+
+    # -- delivery bookkeeping
+    def receipt(self, receipt: str) -> str:
+        return self._key("receipt", receipt)
+
+    def slack_posted(self, alert_key: str) -> str:
+        return self._key("slack", "posted", alert_key)
+
+    @property
+    def failed(self) -> str:
+        return self._key("failed")
+
+    # -- detectors, ingest liveness, canary
+    @property
+    def detectors(self) -> str:
+        return self._key("detectors")
+
+    @property
+    def ingest_last_poll(self) -> str:
+        return self._key("ingest", "last_poll")
+
+    def ingest_count(self, counter: str) -> str:
+        """Counters: received, enqueued, rejected."""
+        return self._key("ingest", counter)
+
+    @property
+    def canary_sent(self) -> str:
+        return self._key("canary", "sent")
+
+    @property
+    def canary_pending(self) -> str:
+        return self._key("canary", "pending")
+
+    @property
+    def canary_last_ok(self) -> str:
+        return self._key("canary", "last_ok")
+
+
+KEYS = Keys()

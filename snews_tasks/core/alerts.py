@@ -1,0 +1,79 @@
+"""Alert content (SPEC section 4) and the false-alarm-rate model.
+
+False-alarm model: each of the n online detectors is taken to produce false
+bursts as an independent Poisson process of rate f. An r-fold accidental
+coincidence needs one detector's burst followed, within the window T, by
+bursts of r - 1 others; counting the choices of detectors and of which one
+comes first gives the rate C(n, r) * r * f**r * T**(r - 1), valid while
+f * T << 1. Detectors online are those with an ON heartbeat within the online
+window, together with the coincidence's own members (which just sent data).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+
+from .engine import TEST, AlertEvent
+
+SCHEMA_VERSION = "1.0"
+SECONDS_PER_WEEK = 7 * 86400
+SECONDS_PER_YEAR = 365.25 * 86400
+
+
+def false_alarm_rate_per_year(
+    n_online: int, r: int, false_bursts_per_week: float, threshold_s: float
+) -> float:
+    """Accidental r-fold coincidence rate among n detectors, per year."""
+    if r < 2 or n_online < r:
+        raise ValueError(f"need 2 <= r <= n, got r={r}, n={n_online}")
+    f = false_bursts_per_week / SECONDS_PER_WEEK
+    per_second = math.comb(n_online, r) * r * f**r * threshold_s ** (r - 1)
+    return per_second * SECONDS_PER_YEAR
+
+
+def build_alert(
+    event: AlertEvent,
+    *,
+    server_tag: str,
+    heartbeat_online: Collection[str],
+    false_bursts_per_week: float,
+    threshold_s: float,
+    sent_time_utc: str,
+) -> dict:
+    """The alert as published, archived and posted: built once, so every retry sends the same."""
+    c = event.coincidence
+    detectors = [m.detector for m in c.members]
+    online = set(heartbeat_online) | set(detectors)
+    far: float | None = None
+    if len(set(detectors)) >= 2:
+        far = false_alarm_rate_per_year(
+            len(online), len(set(detectors)), false_bursts_per_week, threshold_s
+        )
+        far_reason = (
+            f"{len(online)} detectors online, {len(set(detectors))}-fold, "
+            f"{false_bursts_per_week:g} false bursts/week each, window {threshold_s:g} s"
+        )
+    else:
+        far_reason = "withdrawn: fewer than two detectors remain"
+    return {
+        "alert_id": c.alert_id,
+        "revision": c.revision,
+        "alert_type": event.alert_type,
+        "reason": event.reason,
+        "merged_into": event.merged_into,
+        "detector_names": detectors,
+        "neutrino_times_utc": [m.neutrino_time_utc for m in c.members],
+        "p_values": [m.p_val for m in c.members],
+        "observation_uuids": [m.uuid for m in c.members],
+        "initial_neutrino_time_utc": c.members[0].neutrino_time_utc if c.members else None,
+        "false_alarm_rate_per_year": far,
+        "false_alarm_rate_reason": far_reason,
+        "detectors_online": len(online),
+        "is_test": c.namespace == TEST,
+        "is_firedrill": any(m.is_firedrill for m in c.members),
+        "is_canary": bool(c.members) and all(m.is_canary for m in c.members),
+        "server_tag": server_tag,
+        "sent_time_utc": sent_time_utc,
+        "schema_version": SCHEMA_VERSION,
+    }

@@ -1,0 +1,99 @@
+"""One message through validation and the engine: shared by the worker and offline replay.
+
+Both callers own their clock and their store; this module owns the rules about
+which tier goes where, so replay reproduces the worker exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from ..settings import Settings
+from .alerts import build_alert
+from .engine import Changes, CoincidenceEngine, NewId, StateView, namespace_of
+from .messages import Message, MessageError, Tier, check_freshness, parse_message
+from .payloads import decode_payload
+from .times import NS_PER_S, format_time_ns
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What one message did: the state changes to commit and the alerts to send."""
+
+    message: Message
+    namespace: str
+    changes: Changes
+    alerts: list[dict] = field(default_factory=list)
+
+
+class Processor:
+    """Holds the configured rules; stateless between messages."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.threshold_ns = round(settings.coincidence_threshold_s * NS_PER_S)
+        self.lifetime_ns = round(settings.cache_lifetime_s * NS_PER_S)
+        self.max_future_ns = round(settings.max_future_skew_s * NS_PER_S)
+        self.online_window_ns = round(settings.detector_online_window_s * NS_PER_S)
+        self.engine = CoincidenceEngine(self.threshold_ns, self.lifetime_ns)
+
+    def parse(self, payload: object) -> Message:
+        """Decode and validate; raises MessageError naming the field and the problem. A bug
+        in the decoder is a MessageError too: a message that crashed the ingest would be read
+        again after every restart and block everything behind it, and the writer and replay
+        must treat it alike."""
+        try:
+            data = decode_payload(payload, max_bytes=self.settings.max_payload_bytes)
+            return parse_message(data, detectors=self.settings.detectors)
+        except MessageError:
+            raise
+        except Exception as error:
+            log.exception("decoding a message failed")
+            raise MessageError(None, f"internal error while decoding: {error!r}") from error
+
+    def check_fresh(self, message: Message, now_ns: int) -> None:
+        check_freshness(
+            message, now_ns=now_ns, max_age_ns=self.lifetime_ns, max_future_ns=self.max_future_ns
+        )
+
+    def step(
+        self,
+        view: StateView,
+        message: Message,
+        *,
+        now_ns: int,
+        seq: int,
+        new_id: NewId,
+        heartbeat_online: Collection[str],
+    ) -> Outcome:
+        """Apply a validated, fresh CoincidenceTier or Retraction message."""
+        namespace = namespace_of(message.is_test)
+        if message.tier is Tier.COINCIDENCE:
+            changes = self.engine.observe(view, message, seq=seq, new_id=new_id)
+        elif message.tier is Tier.RETRACTION:
+            changes = self.engine.retract(view, message, seq=seq, new_id=new_id, now_ns=now_ns)
+        else:
+            raise ValueError(f"{message.tier} messages do not enter the coincidence cache")
+        sent = format_time_ns(now_ns)
+        alerts = [
+            build_alert(
+                event,
+                server_tag=self.settings.server_tag,
+                heartbeat_online=heartbeat_online,
+                false_bursts_per_week=self.settings.false_bursts_per_week,
+                threshold_s=self.settings.coincidence_threshold_s,
+                sent_time_utc=sent,
+            )
+            for event in changes.events
+        ]
+        return Outcome(message, namespace, changes, alerts)
+
+    def expire(self, view: StateView, namespace: str, *, now_ns: int, new_id: NewId) -> Changes:
+        return self.engine.expire(view, namespace, now_ns=now_ns, new_id=new_id)
+
+    def is_online(self, last_heartbeat_ns: int, status: str, now_ns: int) -> bool:
+        return status == "ON" and now_ns - last_heartbeat_ns <= self.online_window_ns
