@@ -24,8 +24,9 @@ CONTENT_TYPES = {"fits": "application/fits", "png": "image/png"}
 def check_name(name: str) -> str:
     """A sky-map file name, or a ValueError: names go into URLs and file systems."""
     if not NAME.fullmatch(name) or ".." in name:
-        raise ValueError(f"skymap name: must look like <alert_id>-<revision>.fits or .png, "
-                         f"got {name[:80]!r}")
+        raise ValueError(
+            f"skymap name: must look like <alert_id>-<revision>.fits or .png, got {name[:80]!r}"
+        )
     return name
 
 
@@ -46,7 +47,8 @@ class SkymapStore:
             return False
         content_type = CONTENT_TYPES[name.rsplit(".", 1)[1]]
         self.bucket.upload_from_stream(
-            name, data, metadata={**(meta or {}), "content_type": content_type})
+            name, data, metadata={**(meta or {}), "content_type": content_type}
+        )
         return True
 
     def get(self, name: str) -> bytes | None:
