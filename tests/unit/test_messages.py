@@ -4,8 +4,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hop.models import Blob, JSONBlob
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from snews_tasks.testing.payloads import (
     DETECTORS,
     NANOS,
@@ -15,7 +16,14 @@ from snews_tasks.testing.payloads import (
     tier_models,
 )
 
-from snews_tasks.core.messages import Message, MessageError, Tier, check_freshness, parse_message
+from snews_tasks.core.messages import (
+    DETECTION_CHANNELS,
+    Message,
+    MessageError,
+    Tier,
+    check_freshness,
+    parse_message,
+)
 from snews_tasks.core.payloads import decode_payload
 from snews_tasks.core.times import format_time_ns, parse_time_ns
 
@@ -361,3 +369,129 @@ def test_parse_agrees_with_datetime_for_any_offset_and_precision(
     aware = moment.replace(microsecond=0, tzinfo=timezone(timedelta(minutes=offset_minutes)))
     expected_seconds = (aware - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(seconds=1)
     assert parse_time_ns(text, "t") == expected_seconds * 10**9 + int(digits.ljust(9, "0"))
+
+
+# --- round trips -------------------------------------------------------------------------------
+
+# Any text but blank and lone surrogates (a payload cannot carry them through UTF-8).
+texts = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=256).filter(
+    str.strip
+)
+times_ns = st.integers(
+    parse_time_ns("1900-01-01T00:00:00Z", "t"), parse_time_ns("2200-01-01T00:00:00Z", "t")
+)
+flags = st.one_of(st.none(), st.booleans(), st.sampled_from(["True", "false", "FALSE", "tRuE"]))
+probabilities = st.floats(min_value=0, max_value=1)
+json_leaves = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                        st.floats(allow_nan=False, allow_infinity=False), texts)
+json_values = st.recursive(json_leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(texts, inner, max_size=3)), max_leaves=8)
+
+
+@st.composite
+def iso_times(draw: st.DrawFn) -> str:
+    """A time in one of the forms a detector may send: any precision, offset or none."""
+    t_ns = draw(times_ns)
+    offset_min = draw(st.sampled_from([0, 120, -330]))
+    local = datetime(1970, 1, 1) + timedelta(seconds=t_ns // 10**9 + offset_min * 60)
+    digits = f"{t_ns % 10**9:09d}"[: draw(st.integers(0, 9))]
+    zone = draw(st.sampled_from(["Z", ""])) if offset_min == 0 else (
+        f"{'+' if offset_min > 0 else '-'}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}")
+    return f"{local:%Y-%m-%dT%H:%M:%S}{'.' + digits if digits else ''}{zone}"
+
+
+def optional(strategy: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(st.none(), strategy)
+
+
+TIER_FIELDS = {
+    Tier.COINCIDENCE: {"neutrino_time_utc": iso_times(), "p_val": optional(probabilities)},
+    Tier.SIGNIFICANCE: {"neutrino_time_utc": optional(iso_times()),
+                        "p_val": optional(probabilities),
+                        "p_values": st.lists(probabilities, max_size=5),
+                        "t_bin_width_sec": st.floats(min_value=0, allow_infinity=False)},
+    Tier.TIMING: {"neutrino_time_utc": iso_times(), "p_val": optional(probabilities),
+                  "start_time_utc": iso_times(),
+                  "timing_series": st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1,
+                                            max_size=5),
+                  "time_bin_width_ns": optional(st.integers(1, 2**63 - 1)),
+                  "background_rate_Hz": optional(st.floats(min_value=0, allow_infinity=False)),
+                  "detection_channel": optional(st.sampled_from(sorted(DETECTION_CHANNELS)))},
+    Tier.HEARTBEAT: {"detector_status": st.sampled_from(["ON", "OFF"])},
+    Tier.RETRACTION: {"retraction_reason": optional(texts)},
+}
+RETRACTION_TARGETS = st.one_of(
+    st.builds(lambda uuid: {"retract_message_uuid": uuid}, texts),
+    st.builds(lambda n: {"retract_latest_n": n}, st.integers(1, 2**63 - 1)),
+)
+
+
+@st.composite
+def valid_messages(draw: st.DrawFn) -> tuple[dict, dict]:
+    """A valid payload of any tier, and the fields it sent that belong to no tier."""
+    tier = draw(st.sampled_from(list(Tier)))
+    extra = draw(st.dictionaries(texts.map(lambda key: f"x-{key}"), json_values, max_size=3))
+    meta = st.dictionaries(texts.map(lambda key: f"m-{key}"), json_values, max_size=3)
+    data = {
+        "tier": tier.value, "uuid": draw(texts), "detector_name": draw(st.sampled_from(DETECTORS)),
+        "id": draw(optional(texts)), "is_test": draw(flags), "is_firedrill": draw(flags),
+        "is_pre_sn": draw(flags), "sent_time_utc": draw(optional(iso_times())),
+        "machine_time_utc": draw(optional(iso_times())), "schema_version": draw(optional(texts)),
+        "meta": draw(optional(meta)),
+        **{name: draw(strategy) for name, strategy in TIER_FIELDS[tier].items()},
+        **(draw(RETRACTION_TARGETS) if tier is Tier.RETRACTION else {}),
+        **extra,
+    }
+    return data, extra
+
+
+# The order to_dict writes (archives and replay output keep it): common fields, then the tier's.
+WRITTEN_ORDER = [
+    "tier", "id", "uuid", "detector_name", "is_test", "is_firedrill", "is_pre_sn", "sent_time_utc",
+    "machine_time_utc", "meta", "schema_version", "neutrino_time_utc", "p_val", "p_values",
+    "t_bin_width_sec", "start_time_utc", "timing_series", "time_bin_width_ns", "background_rate_Hz",
+    "detection_channel", "detector_status", "retract_message_uuid", "retract_latest_n",
+    "retraction_reason",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(valid_messages())
+def test_every_valid_message_survives_to_dict_and_json(sent: tuple[dict, dict]) -> None:
+    data, extra = sent
+    message = parse_message(data, detectors=DETECTORS)
+    as_dict = message.to_dict()
+    defaults = {"is_test", "is_firedrill", "is_pre_sn"} | (
+        {"retract_latest_n"} if message.tier is Tier.RETRACTION else set())
+    sent_fields = {key for key, value in data.items() if value is not None and key not in extra}
+    assert set(as_dict) == sent_fields | defaults | ({"meta"} if extra else set())
+    assert list(as_dict) == [key for key in WRITTEN_ORDER if key in as_dict]
+    again = parse_message(json.loads(json.dumps(as_dict, allow_nan=False)), detectors=DETECTORS)
+    assert again == message and hash(again) == hash(message)
+    assert again.to_dict() == as_dict
+    if data["meta"] is not None or extra:  # what meta held, then what belongs to no tier
+        assert list((message.meta or {}).items()) == [*(data["meta"] or {}).items(), *extra.items()]
+    if data.get("neutrino_time_utc") is not None:
+        assert message.neutrino_time_ns == parse_time_ns(data["neutrino_time_utc"], "t")
+        assert parse_time_ns(message.neutrino_time_utc, "t") == message.neutrino_time_ns
+    attributes = {name: getattr(message, name) for name in as_dict}
+    assert Message(**attributes, neutrino_time_ns=message.neutrino_time_ns) == message
+
+
+def test_messages_built_from_attributes_keep_their_neutrino_time_consistent() -> None:
+    built = parse_message(COINCIDENCE, detectors=DETECTORS)
+    attributes = {name: getattr(built, name) for name in built.to_dict()}
+    with pytest.raises(ValidationError, match="neutrino_time_ns: is "):
+        Message(**attributes, neutrino_time_ns=built.neutrino_time_ns + 1)
+    # In a payload it is just a field foreign to the tier, kept in meta as sent.
+    from_payload = parse_message({**COINCIDENCE, "neutrino_time_ns": 5}, detectors=DETECTORS)
+    assert from_payload.meta == {"neutrino_time_ns": 5}
+    assert from_payload.neutrino_time_ns == built.neutrino_time_ns
+
+
+def test_messages_are_frozen_and_hash_without_their_meta() -> None:
+    first = parse_message({**COINCIDENCE, "meta": {"run": 1}}, detectors=DETECTORS)
+    second = parse_message({**COINCIDENCE, "meta": {"run": 2}}, detectors=DETECTORS)
+    assert first != second and hash(first) == hash(second)
+    with pytest.raises(ValueError, match="frozen"):
+        first.p_val = 0.5  # type: ignore[misc]
