@@ -33,6 +33,11 @@ MODES: tuple[str, ...] = get_args(Mode)
 CONFIG_DIR_VARIABLE = "SNEWS_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
+#: A notification's retry waits in the worker that will run it (an ETA task), unacknowledged;
+#: the notification queues hand such a message out again after twice this (tasks/app.py), so
+#: one held at a broker crash or by a dead worker comes back within a minute.
+RETRY_WAIT_MAX_S = 30.0
+
 KNOWN_DETECTORS = (
     "Baksan", "Borexino", "DS-20K", "DUNE", "HALO", "HALO-1kT", "Hyper-K",
     "IceCube", "JUNO", "KM3NeT", "KamLAND", "LVD", "LZ", "MicroBooNe", "NOvA",
@@ -156,10 +161,21 @@ class Settings(BaseSettings):
     detector_online_window_s: PositiveFloat = Field(
         900.0, description="a heartbeat within this window counts the detector as online"
     )
-    broker_url: Text = Field("redis://127.0.0.1:6379/0", description="Celery broker")
-    result_backend: Text = Field("redis://127.0.0.1:6379/0", description="Celery result backend")
-    state_redis_url: Annotated[str, _url("redis", "rediss", "unix")] = Field(
-        "redis://127.0.0.1:6379/1", description="Redis holding the coincidence state"
+    broker_url: Annotated[str, _url("redis", "rediss", "sentinel")] = Field(
+        "redis://127.0.0.1:6379/0", description="Celery broker (redis:// or sentinel:// URL)"
+    )
+    result_backend: Annotated[str, _url("redis", "rediss", "sentinel")] = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Celery result backend (redis:// or sentinel:// URL)",
+    )
+    state_redis_url: Annotated[str, _url("redis", "rediss", "unix", "sentinel")] = Field(
+        "redis://127.0.0.1:6379/1",
+        description="Redis holding the coincidence state (redis:// or sentinel:// URL)",
+    )
+    redis_sentinel_master: Text = Field(
+        "snews",
+        description="name of the Redis primary the sentinels watch (with sentinel:// URLs: "
+        "sentinel://HOST:PORT;sentinel://HOST:PORT/DB)",
     )
     mongo_url: Annotated[SecretStr, _secret_url("mongodb", "mongodb+srv")] = Field(
         SecretStr("mongodb://127.0.0.1:27017"), description="MongoDB archive (may hold a password)"
@@ -191,10 +207,14 @@ class Settings(BaseSettings):
         "https://slack.com/api/", description="Slack Web API base URL"
     )
     retry_max: Annotated[int, Field(ge=0)] = Field(
-        8, description="retries of a storage, Kafka or Slack task before it is recorded as failed"
+        20, description="retries of a storage, Kafka or Slack task before it is recorded as failed"
     )
     retry_backoff_s: PositiveFloat = Field(1.0, description="first retry delay; doubles each retry")
-    retry_backoff_max_s: PositiveFloat = Field(300.0, description="longest retry delay")
+    retry_backoff_max_s: Annotated[float, Field(gt=0, le=RETRY_WAIT_MAX_S)] = Field(
+        RETRY_WAIT_MAX_S,
+        description=f"longest retry delay (at most {RETRY_WAIT_MAX_S:g} s: a retry waits in "
+        "its worker, and a held notification is handed out again after twice that)",
+    )
     flower_address: Text = Field("127.0.0.1", description="address Flower binds")
     flower_port: Annotated[int, AfterValidator(_port)] = Field(
         5555, description="port Flower binds"
@@ -294,9 +314,14 @@ def _problem(error: Mapping[str, Any]) -> str:
     kind = error["type"]
     if kind in _PROBLEMS:
         return _PROBLEMS[kind]
-    if kind in ("greater_than", "greater_than_equal"):
-        sign = ">" if kind == "greater_than" else ">="
-        return f"must be {sign} {next(iter(error['ctx'].values()))}"
+    signs = {
+        "greater_than": ">",
+        "greater_than_equal": ">=",
+        "less_than": "<",
+        "less_than_equal": "<=",
+    }
+    if kind in signs:
+        return f"must be {signs[kind]} {next(iter(error['ctx'].values()))}"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
 

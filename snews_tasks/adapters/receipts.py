@@ -18,8 +18,13 @@ from .redis_keys import KEYS, Keys
 #: Message header of the tasks whose start is recorded.
 RECEIPT_HEADER = "snews_receipt"
 RECEIPT_TTL_S = 86_400
-#: An ingest task not started this long after its send, with its queue empty, was lost.
+#: An ingest task not started this long after its send, with its queue empty, was lost on
+#: its way, or is held by a worker that froze after taking it. The writer starts a batch
+#: within milliseconds of taking it (one at a time, solo pool), so a second means trouble,
+#: and a standby holds the writer lease by then. A notification worker reserves messages
+#: ahead of its busy processes, so it gets longer before one is sent twice.
 RESEND_AFTER_S = 10.0
+RESEND_WRITER_BATCH_AFTER_S = 1.0
 
 
 class Receipts:

@@ -19,6 +19,8 @@ State Redis (P = prefix, "snews"; N = namespace, live or test):
   P:canary:last_ok      unix time of the latest check that found a canary's alert
   P:slack:posted:KEY    a posted alert revision (KEY = alert_id:revision), for a week
   P:failed              hash "kind:key" -> failure record, while MongoDB cannot hold it
+  P:writer:lease        the token of the coincidence worker that may commit (expires)
+  P:writers             hash token -> {"role", "seen"}: the coincidence workers, for status
 """
 
 from __future__ import annotations
@@ -80,6 +82,15 @@ class Keys:
     @property
     def failed(self) -> str:
         return self._key("failed")
+
+    # -- the writers
+    @property
+    def writer_lease(self) -> str:
+        return self._key("writer", "lease")
+
+    @property
+    def writers(self) -> str:
+        return self._key("writers")
 
     # -- detectors, ingest liveness, canary
     @property

@@ -26,23 +26,33 @@ import redis
 from ..core.engine import LIVE, TEST, Changes, Coincidence, Observation, Outcome
 from ..core.memory_store import MemoryStore
 from ..core.times import NS_PER_S
+from .redis_clients import confirm_replicated, sentinel_pool
 from .redis_keys import KEYS, Keys
 
 DEFAULT_BUCKET_NS = 10 * NS_PER_S
 R = TypeVar("R")
 
-#: KEYS[1] is the version; each further key is the first argument of one command, whose name
-#: and other arguments come from ARGV after the expected version: name, count, arguments.
+#: KEYS[1] is the version and KEYS[2] the writer lease; ARGV[1] the version the copy reflects,
+#: ARGV[2] the committing writer's lease token ('' where no lease is used), ARGV[3] the new
+#: version. Each further key is the first argument of one command, whose name and other
+#: arguments follow in ARGV: name, count, arguments. A writer whose lease was taken over is
+#: fenced; a copy that is no longer current is refused. The version is a fresh token, not a
+#: counter: a failover that loses a commit can then never hand the same version to two states.
 COMMIT_SCRIPT = """
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then return 'fenced' end
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return false end
-local a = 2
-for k = 2, #KEYS do
+local a = 4
+for k = 3, #KEYS do
   local name, n = ARGV[a], tonumber(ARGV[a + 1])
   redis.call(name, KEYS[k], unpack(ARGV, a + 2, a + 1 + n))
   a = a + 2 + n
 end
-return redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[3])
+return ARGV[3]
 """
+FENCED = "fenced"
+#: How long a commit waits for a replica to have it (on one network: well under a millisecond).
+REPLICA_WAIT_MS = 50
 #: Lua's unpack takes a few thousand values at most: longer writes are split.
 MAX_ARGS_PER_COMMAND = 1000
 
@@ -53,6 +63,10 @@ def _score(t_ns: int) -> float:
 
 class StateConflict(RuntimeError):
     """Another writer kept winning the race; the caller's task retries later."""
+
+
+class WriterFenced(RuntimeError):
+    """This writer's lease was taken over: it must commit nothing more, and stop."""
 
 
 class WriteView:
@@ -164,9 +178,11 @@ class RedisState:
         heartbeats: Callable[[], dict[str, dict]],
         keys: Keys = KEYS,
         bucket_ns: int = DEFAULT_BUCKET_NS,
+        lease_token: str = "",
     ) -> None:
         self.client = client
         self.keys = keys
+        self.lease_token = lease_token  # the writer's lease; "" where no lease is used
         self.heartbeats = heartbeats
         self.bucket_ns = bucket_ns
         self._copy: MemoryStore | None = None
@@ -188,16 +204,34 @@ class RedisState:
                     self._copy = None  # holds writes not committed yet
             if not view.commands:
                 return result
-            keys = [self.keys.version] + [key for _, key, _ in view.commands]
-            args: list[str | int | float] = [self._version]
-            for name, _, rest in view.commands:
-                args += [name, len(rest), *rest]
-            version = self._commit(keys=keys, args=args)
+            version = self._commit_commands(view)
             if version is None:
                 continue  # another writer committed: reload and recompute
-            self._copy, self._version, self._seq = copy, str(version), view.seq
+            self._copy, self._version, self._seq = copy, version, view.seq
             return result
         raise StateConflict(f"state changed under {attempts} attempts in a row")
+
+    def _commit_commands(self, view: WriteView) -> str | None:
+        """The new version, or None when the copy was not current; raises when fenced."""
+        keys = [self.keys.version, self.keys.writer_lease]
+        keys += [key for _, key, _ in view.commands]
+        args: list[str | int | float] = [self._version, self.lease_token, uuidlib.uuid4().hex]
+        for name, _, rest in view.commands:
+            args += [name, len(rest), *rest]
+        if sentinel_pool(self.client) is None:
+            result = self._commit(keys=keys, args=args)
+        else:  # the commit counts once a replica has it, or this server is still the primary
+            with self.client.pipeline(transaction=False) as pipe:
+                self._commit(keys=keys, args=args, client=pipe)
+                pipe.wait(1, REPLICA_WAIT_MS)
+                pipe.info("server")
+                result, acked, server = pipe.execute()
+            if result not in (None, FENCED):
+                confirm_replicated(self.client, int(acked), server["run_id"])
+        if result == FENCED:
+            self._copy = None
+            raise WriterFenced(f"the writer lease is no longer {self.lease_token!r}")
+        return None if result is None else str(result)
 
     def _load(self) -> MemoryStore:
         """One consistent snapshot (MULTI/EXEC) of the state into a fresh copy."""

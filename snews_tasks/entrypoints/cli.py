@@ -191,22 +191,30 @@ def ingest(ctx: click.Context, start_at: str) -> None:
     default=None,
     help="the process list (default: the checkout's Procfile)",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="stop the whole stack (exit status 1) when a process exits, instead of starting it again",
+)
 @click.pass_context
-def up(ctx: click.Context, only: str | None, no_services: bool, procfile: Path | None) -> None:
+def up(
+    ctx: click.Context, only: str | None, no_services: bool, procfile: Path | None, strict: bool
+) -> None:
     """Run the whole system locally: services and every Procfile process.
 
     Start Redis, a Kafka-protocol broker (Tansu) and a MongoDB-protocol server (SecantusDB) on
     their configured 127.0.0.1 ports unless one already answers there, then every Procfile
-    process with its output prefixed by its name. Ctrl-C or SIGTERM stops everything this
-    command started. If a process exits, the stack stops with status 1.
+    process with its output prefixed by its name. A process that exits is started again,
+    after a pause that doubles (0.5 s up to 30 s) while it keeps failing, and the stack goes
+    on; --strict stops it instead. Ctrl-C or SIGTERM stops everything this command started.
     """
-
     ctx.exit(
         run_stack(
             _settings(ctx),
             only=only,
             services=not no_services,
             procfile=procfile or DEFAULT_PROCFILE,
+            strict=strict,
         )
     )
 

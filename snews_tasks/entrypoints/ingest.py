@@ -13,9 +13,10 @@ not take meanwhile.
 Delivery: every task carries a receipt id, set in the state Redis when a
 worker starts it (`tasks/receipts.py`). A poll's offsets are committed only
 once every task made from it, and from the polls before it, has started; a
-task not started `RESEND_AFTER_S` after its send while its queue is empty
-was lost between the Celery broker and a worker (a Redis crash in the moment
-kombu moves it) and is sent again. A crash of the ingest re-delivers what was
+task not started a while after its send (a second for the writer's batches)
+while its queue is empty was lost between the Celery broker and a worker (a
+Redis crash in the moment kombu moves it, or a writer that froze right after
+taking it) and is sent again. A crash of the ingest re-delivers what was
 not committed; tasks are idempotent by uuid. A send that fails is retried
 until it succeeds or the process stops, never skipped and never committed.
 Offsets are not auto-committed: librdkafka's close then waits forever for a
@@ -55,7 +56,13 @@ from ..adapters.kafka_source import (
     SourceUnavailable,
     hop_format,
 )
-from ..adapters.receipts import RECEIPT_HEADER, RESEND_AFTER_S, Receipts
+from ..adapters.receipts import (
+    RECEIPT_HEADER,
+    RESEND_AFTER_S,
+    RESEND_WRITER_BATCH_AFTER_S,
+    Receipts,
+)
+from ..adapters.redis_clients import redis_client
 from ..adapters.redis_keys import KEYS
 from ..core.backoff import Backoff
 from ..core.errors import MessageError
@@ -85,6 +92,9 @@ RECEIPT_CHECK_MAX = 200  # receipts read per check, the oldest first (they hold 
 MAX_UNCONFIRMED = 100_000  # tasks sent and not started: past this, reading pauses
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
+#: The Celery broker refusing a send: a Sentinel failover takes about 2 s, so try often.
+ENQUEUE_RETRY_FIRST_S = 0.1
+ENQUEUE_RETRY_MAX_S = 0.5
 #: The Celery broker being down: kombu wraps the connection errors, redis-py may leak through.
 ENQUEUE_ERRORS = (OperationalError, redis.RedisError, OSError)
 
@@ -106,10 +116,17 @@ class Outage:
             started = datetime.fromtimestamp(self.since, UTC).isoformat(timespec="seconds")
             log.error("%s unreachable since %s: %s", self.what, started, reason)
 
-    def up(self) -> None:
-        if self.since is not None:
-            log.warning("%s reachable again after %.0f s", self.what, time.time() - self.since)
-            self.since = None
+    def up(self) -> bool:
+        """True when this ends an outage."""
+        if self.since is None:
+            return False
+        log.warning("%s reachable again after %.0f s", self.what, time.time() - self.since)
+        self.since = None
+        return True
+
+
+def resend_after(task: str) -> float:
+    return RESEND_WRITER_BATCH_AFTER_S if task == TaskName.PROCESS else RESEND_AFTER_S
 
 
 def task_for(message: Message, received_ns: int) -> tuple[TaskName, dict]:
@@ -155,8 +172,8 @@ class Ingest:
         self.processor = Processor(settings)
         self.consumer_factory = consumer_factory
         self.celery = broker
-        self.state = redis.Redis.from_url(
-            settings.state_redis_url, socket_timeout=2, socket_connect_timeout=2
+        self.state = redis_client(
+            settings.state_redis_url, master_name=settings.redis_sentinel_master, socket_timeout=2
         )
         self.receipts = Receipts(self.state)
         self.unconfirmed: deque[Poll] = deque()
@@ -170,6 +187,9 @@ class Ingest:
         self.state_redis = Outage("state Redis (ingest liveness)")
         self._stopping = threading.Event()
         self._connection_trouble = False
+        # After a Celery broker outage: every task sent before it and not started, again.
+        self._outage_began = 0.0
+        self._resend_sent_before: float | None = None
         self._read_error: str | None = None  # the last one logged, until a message is read
 
     def stop(self) -> None:
@@ -324,16 +344,21 @@ class Ingest:
 
     def _enqueue(self, task: Sent) -> bool:
         """Send until the broker takes it; False only if asked to stop meanwhile."""
-        backoff = Backoff(BACKOFF_FIRST_S, BACKOFF_MAX_S)
+        backoff = Backoff(ENQUEUE_RETRY_FIRST_S, ENQUEUE_RETRY_MAX_S)
         while True:
             try:
                 self.celery.send(task.task, task.argument, {RECEIPT_HEADER: task.receipt})
             except ENQUEUE_ERRORS as error:
+                if not self.celery_broker.active:
+                    self._outage_began = time.monotonic()
                 self.celery_broker.down(f"{type(error).__name__}: {error}")
                 if self._stopping.wait(backoff.delay()):
                     return False
             else:
-                self.celery_broker.up()
+                if self.celery_broker.up():
+                    # A failover may have lost what was sent just before it: send again now
+                    # every task sent before the outage and not known to have started.
+                    self._resend_sent_before = self._outage_began
                 task.sent_at = time.monotonic()
                 return True
 
@@ -363,28 +388,41 @@ class Ingest:
             offsets.update(confirmed.offsets)
         if offsets:
             source.commit(offsets)
+        sent_before, self._resend_sent_before = self._resend_sent_before, None
         for task in waiting:
-            if not task.started and now - task.sent_at >= RESEND_AFTER_S:
+            if task.started:
+                continue
+            if sent_before is not None and task.sent_at <= sent_before:
+                self._log_resend(task, "the Celery broker came back")
+                self._enqueue(task)
+            elif now - task.sent_at >= resend_after(task.task):
                 self._resend(task)
 
     def _resend(self, task: Sent) -> None:
         try:
             if not self.celery.queue_is_empty(task.task):
-                task.sent_at = time.monotonic()  # still in line: look again later
+                # Perhaps still in line: look again in a tenth of the wait, not a whole one
+                # (the queue may empty a moment later, a standby writer having taken over).
+                task.sent_at = time.monotonic() - 0.9 * resend_after(task.task)
                 return
         except ENQUEUE_ERRORS as error:
             self.celery_broker.down(f"{type(error).__name__}: {error}")
             return
-        documents = task.argument if isinstance(task.argument, list) else [task.argument]
-        log.warning(
-            "%s (receipt %s) not started %.0f s after it was sent, with its queue "
-            "empty: sending it again (uuids: %s)",
-            task.task,
-            task.receipt,
-            RESEND_AFTER_S,
-            " ".join(str(d.get("uuid")) for d in documents if isinstance(d, dict)),
+        self._log_resend(
+            task, f"{resend_after(task.task):g} s after it was sent, with its queue empty"
         )
         self._enqueue(task)
+
+    @staticmethod
+    def _log_resend(task: Sent, why: str) -> None:
+        documents = task.argument if isinstance(task.argument, list) else [task.argument]
+        log.warning(
+            "%s (receipt %s) not started, %s: sending it again (uuids: %s)",
+            task.task,
+            task.receipt,
+            why,
+            " ".join(str(d.get("uuid")) for d in documents if isinstance(d, dict)),
+        )
 
     def _report(self, counts: dict[str, int]) -> None:
         """Liveness is best effort: ingest must go on while only this Redis is away."""

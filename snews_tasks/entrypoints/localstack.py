@@ -168,6 +168,7 @@ def start_redis(
     data_dir: Path | None = None,
     appendonly: bool = False,
     appendfsync: str | None = None,
+    replica_of: int | None = None,
 ) -> Service:
     """redis-server in the foreground so we own its PID; AOF in `data_dir` survives restarts.
 
@@ -200,12 +201,51 @@ def start_redis(
     ]
     if appendfsync is not None:
         command += ["--appendfsync", appendfsync]
+    if replica_of is not None:  # a full sync at once, not after redis-server's default 5 s
+        command += ["--replicaof", HOST, str(replica_of), "--repl-diskless-sync-delay", "0"]
 
     def probe() -> bool:
         with redis.Redis.from_url(url, socket_timeout=1) as client:
             return bool(client.ping())
 
     return _launch("redis", work_dir, command, port, url, probe)
+
+
+#: Sentinel timing for one machine or one network: a primary silent for half a second is down,
+#: and a replica is promoted about two seconds after it stopped answering.
+SENTINEL_DOWN_AFTER_MS = 500
+SENTINEL_FAILOVER_TIMEOUT_MS = 2000
+
+
+def start_sentinel(
+    master_port: int, master_name: str, *, port: int | None = None, quorum: int = 2
+) -> Service:
+    """One Redis Sentinel watching the primary on `master_port`. Sentinel rewrites its
+    configuration file, so each has its own in its work directory."""
+    port = port or free_port()
+    work_dir = _make_work_dir("sentinel")
+    config = work_dir / "sentinel.conf"
+    config.write_text(
+        "\n".join(
+            [
+                f"port {port}",
+                f"bind {HOST}",
+                f"dir {work_dir}",
+                f"sentinel monitor {master_name} {HOST} {master_port} {quorum}",
+                f"sentinel down-after-milliseconds {master_name} {SENTINEL_DOWN_AFTER_MS}",
+                f"sentinel failover-timeout {master_name} {SENTINEL_FAILOVER_TIMEOUT_MS}",
+                f"sentinel parallel-syncs {master_name} 1",
+                "",
+            ]
+        )
+    )
+    command = [_executable("redis-server"), str(config), "--sentinel"]
+
+    def probe() -> bool:
+        with redis.Redis(host=HOST, port=port, socket_timeout=1) as client:
+            return client.sentinel_master(master_name) is not None
+
+    return _launch("sentinel", work_dir, command, port, f"sentinel://{HOST}:{port}", probe)
 
 
 def _admin(bootstrap: str) -> AdminClient:

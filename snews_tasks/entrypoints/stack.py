@@ -12,6 +12,7 @@ silently lost its coincidence worker would mislead whoever is testing with it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ import redis
 from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 
+from ..core.backoff import capped_delay
 from ..settings import Settings
 from . import localstack
 from .localstack import Service
@@ -38,6 +41,11 @@ from .process_groups import stop_group
 DEFAULT_PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 WATCH_INTERVAL_S = 0.2
+#: A process that exits is started again after 0.5 s, then 1, 2, ... up to 30 s while it keeps
+#: failing; one that ran this long before it exited starts the count afresh.
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 30.0
+RESTART_RESET_S = 60.0
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -117,6 +125,8 @@ class RunningProcess:
     entry: ProcfileEntry
     process: subprocess.Popen
     reader: threading.Thread = field(repr=False)
+    started: float = field(default_factory=time.monotonic)
+    restarts: int = 0  # in a row, without a long enough run between them
 
 
 def start_process(
@@ -170,6 +180,7 @@ class Stack:
     def __init__(self, settings: Settings, say: Callable[[str], None]) -> None:
         self.settings = settings
         self.say = say
+        self._start: Callable[[ProcfileEntry], RunningProcess] = self._not_started
         self.services: list[Service] = []
         self.processes: list[RunningProcess] = []
         self.stopping = threading.Event()
@@ -249,6 +260,10 @@ class Stack:
 
     # processes
 
+    @staticmethod
+    def _not_started(entry: ProcfileEntry) -> RunningProcess:
+        raise StackError(f"{entry.name}: start_processes has not run")
+
     def start_processes(
         self, entries: list[ProcfileEntry], *, cwd: Path, output: PrefixedOutput
     ) -> None:
@@ -259,24 +274,47 @@ class Stack:
             "SNEWS_MODE": self.settings.mode,
             "PYTHONUNBUFFERED": "1",
         }
+        self._start = functools.partial(start_process, cwd=cwd, env=env, output=output)
         for entry in entries:
             if self.stopping.is_set():
                 return
-            running = start_process(entry, cwd=cwd, env=env, output=output)
+            running = self._start(entry)
             self.processes.append(running)
             self.say(f"{entry.name}: started `{entry.command}` (pid {running.process.pid})")
 
-    def watch(self) -> int:
-        """Until asked to stop (0) or until a process ends by itself (1)."""
+    def watch(self, *, strict: bool = False) -> int:
+        """Until asked to stop (0). A process that ends by itself is started again after a
+        pause that doubles while it keeps failing (a supervisor's job); with `strict` the
+        stack stops instead (1)."""
+        restart_at: dict[int, float] = {}  # index in self.processes -> when to start it again
         while not self.stopping.wait(WATCH_INTERVAL_S):
-            for running in self.processes:
+            for index, running in enumerate(self.processes):
                 status = running.process.poll()
-                if status is not None:
+                if status is None:
+                    continue
+                if index not in restart_at:
                     running.reader.join(timeout=1)  # its last words first
+                    if strict:
+                        self.say(
+                            f"{running.entry.name} exited with status {status}; stopping the stack"
+                        )
+                        return 1
+                    ran_s = time.monotonic() - running.started
+                    if ran_s >= RESTART_RESET_S:
+                        running.restarts = 0
+                    wait_s = capped_delay(running.restarts, RESTART_FIRST_S, RESTART_MAX_S)
+                    running.restarts += 1
                     self.say(
-                        f"{running.entry.name} exited with status {status}; stopping the stack"
+                        f"{running.entry.name} exited with status {status} after "
+                        f"{ran_s:.0f} s; starting it again in {wait_s:.1f} s"
                     )
-                    return 1
+                    restart_at[index] = time.monotonic() + wait_s
+                elif time.monotonic() >= restart_at[index]:
+                    del restart_at[index]
+                    again = self._start(running.entry)
+                    again.restarts = running.restarts
+                    self.processes[index] = again
+                    self.say(f"{running.entry.name}: started again (pid {again.process.pid})")
         return 0
 
     def stop(self) -> None:
@@ -314,7 +352,9 @@ def _instructions(settings: Settings) -> list[str]:
     ]
 
 
-def run_stack(settings: Settings, *, only: str | None, services: bool, procfile: Path) -> int:
+def run_stack(
+    settings: Settings, *, only: str | None, services: bool, procfile: Path, strict: bool = False
+) -> int:
     """`snews-tasks up`: 0 after Ctrl-C or SIGTERM, 1 when a process exited or could not start."""
     try:
         entries = select_entries(read_procfile(procfile), only)
@@ -336,7 +376,7 @@ def run_stack(settings: Settings, *, only: str | None, services: bool, procfile:
         if not stack.stopping.is_set():
             for line in _instructions(settings):
                 output.line("up", line)
-            status = stack.watch()
+            status = stack.watch(strict=strict)
     except RuntimeError as error:  # StackError, or a server localstack could not start
         output.line("up", f"cannot start: {error}")
         status = 1

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import redis
 from pymongo import DESCENDING, MongoClient
 
 from ..adapters.broker import queue_depth
 from ..adapters.detector_status import DetectorStatus
+from ..adapters.lease import LeaseHolder, lease_holder, writers
+from ..adapters.redis_clients import primary_address, redis_client
 from ..adapters.redis_keys import KEYS
 from ..core.routing import Queue
 from ..settings import Settings
@@ -96,11 +97,17 @@ def canary_health(
 
 def build_status(app: Any, settings: Settings, *, timeout: float) -> Report:
     report = Report()
-    broker = redis.Redis.from_url(
-        settings.broker_url, socket_timeout=timeout, decode_responses=True
+    broker = redis_client(
+        settings.broker_url,
+        master_name=settings.redis_sentinel_master,
+        socket_timeout=timeout,
+        decode_responses=True,
     )
-    state = redis.Redis.from_url(
-        settings.state_redis_url, socket_timeout=timeout, decode_responses=True
+    state = redis_client(
+        settings.state_redis_url,
+        master_name=settings.redis_sentinel_master,
+        socket_timeout=timeout,
+        decode_responses=True,
     )
 
     report.add("broker", lambda: (bool(broker.ping()), redact(settings.broker_url), None))
@@ -119,10 +126,43 @@ def build_status(app: Any, settings: Settings, *, timeout: float) -> Report:
         if missing:
             detail += f"; NO CONSUMER for {', '.join(missing)}"
         if extra:
-            detail += "; more than one coincidence worker (safe, but not intended)"
-        return not missing, detail, {"needed": needed, "served": served}
+            detail += "; more than one worker consumes the coincidence queue"
+        return not missing and not extra, detail, {"needed": needed, "served": served}
 
     report.add("queue consumers", consumers)
+
+    def writer() -> tuple[bool, str, Any]:
+        holder = lease_holder(state)
+        known = writers(state)
+        standbys = sorted(
+            LeaseHolder(token, 0).name
+            for token, record in known.items()
+            if record["role"] == "standby"
+        )
+        spare = f"; standby: {', '.join(standbys)}" if standbys else "; no standby"
+        data = {"leader": holder.name if holder else None, "standbys": standbys}
+        if holder is None:
+            return (
+                False,
+                "nobody holds the writer lease: no coincidence worker writes" + spare,
+                data,
+            )
+        return True, f"{holder.name} writes (lease renewed {holder.ttl_ms} ms ahead){spare}", data
+
+    report.add("coincidence writer", writer)
+
+    def redis_primary() -> tuple[bool, str, Any]:
+        primary = primary_address(state)
+        replicas = int(state.info("replication").get("connected_slaves", 0))
+        if primary is None:
+            return True, f"one server, {replicas} replica(s), no failover", {"replicas": replicas}
+        where = f"{primary[0]}:{primary[1]}"
+        data = {"primary": where, "replicas": replicas}
+        if replicas == 0:
+            return False, f"primary {where} (Sentinel) has no replica: no failover possible", data
+        return True, f"primary {where} (Sentinel), {replicas} replica(s) connected", data
+
+    report.add("redis", redis_primary)
 
     def depths() -> tuple[bool, str, Any]:
         found = {q: queue_depth(broker, q) for q in sorted(required_queues(app))}

@@ -23,9 +23,12 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue as KombuQueue
 
+from ..adapters.redis_clients import celery_transport_options
 from ..core.routing import ROUTES, Queue, TaskName
-from ..settings import Settings
+from ..settings import RETRY_WAIT_MAX_S, Settings
 from . import context
+from .reconnect import FastReconnectConsumer
+from .writer_lease import WriterGate
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +42,24 @@ TASK_MODULES = [
 ]
 NOTIFICATION_QUEUES = tuple(q for q in Queue if q is not Queue.COINCIDENCE)
 
-#: The serial writer's tasks take milliseconds, so a killed worker's message may be handed
-#: out again after seconds. Its unacked index is its own, so the short timeout never touches
-#: the notification workers' long-waiting retries.
+#: A batch taken by a writer that then froze or died goes back to the head of the queue after
+#: a second, and the writer holding the lease takes it within a quarter second more (restore
+#: runs only in a worker that consumes the queue, and a solo worker runs none while it works,
+#: so a live writer's own batch is never handed out twice). The unacked index is the writers'
+#: own, so the short timeout never touches the notification workers'; the restore lock expires
+#: at once should its holder die with it.
 COINCIDENCE_TRANSPORT_OPTIONS = {
-    "visibility_timeout": 15,
+    "visibility_timeout": 1,
     "unacked_key": "unacked:coincidence",
     "unacked_index_key": "unacked_index:coincidence",
     "unacked_mutex_key": "unacked_mutex:coincidence",
-    "unacked_restore_interval": 2,
+    "unacked_restore_interval": 0.25,
     "unacked_restore_throttle": 1,
+    "unacked_mutex_expire": 1,
 }
+#: A notification held by a worker that died, or at a broker crash, is handed out again after
+#: this long; a retry waits at most half of it in its worker.
+NOTIFY_VISIBILITY_S = 2 * RETRY_WAIT_MAX_S
 
 app = Celery("snews_tasks", include=TASK_MODULES)
 app.conf.update(
@@ -69,7 +79,9 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=True,
     broker_connection_retry_on_startup=True,
+    worker_consumer=f"{FastReconnectConsumer.__module__}:{FastReconnectConsumer.__name__}",
 )
+app.steps["consumer"].add(WriterGate)
 
 
 def deployment_config(settings: Settings) -> dict[str, Any]:
@@ -78,11 +90,14 @@ def deployment_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
-        # Notification retries wait up to retry_backoff_max_s in the worker (ETA); a message
-        # must not be handed to a second worker meanwhile, so the visibility timeout is longer.
         "broker_transport_options": {
-            "visibility_timeout": max(3600, 4 * settings.retry_backoff_max_s)
+            "visibility_timeout": NOTIFY_VISIBILITY_S,
+            "unacked_mutex_expire": 5,
+            **celery_transport_options(settings.broker_url, settings.redis_sentinel_master),
         },
+        "result_backend_transport_options": celery_transport_options(
+            settings.result_backend, settings.redis_sentinel_master
+        ),
         # Periodic tasks expire unrun after one period: a worker that was down finds one, not
         # a pile.
         "beat_schedule": {
@@ -139,6 +154,7 @@ def _configure_writer(conf: Any = None, options: Any = None, **_: Any) -> None:
         **conf.broker_transport_options,
         **COINCIDENCE_TRANSPORT_OPTIONS,
     }
+    WriterGate.enabled = True
 
 
 @signals.celeryd_after_setup.connect

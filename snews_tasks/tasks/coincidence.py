@@ -4,35 +4,39 @@ its periodic expiry and its outbox sweep."""
 from __future__ import annotations
 
 import logging
+import os
 import time
-from typing import Any
+from typing import Any, NoReturn
 
-import redis
 from kombu.exceptions import BatchPublishError, OperationalError
 
+from ..adapters.state import WriterFenced
 from ..core.backoff import Backoff
 from ..core.processing import Processor
 from ..core.routing import TaskName
 from .app import app
-from .context import resource, settings
+from .context import resource, settings, state_client
 from .kafka import alert_publisher
 from .sender import CelerySender, queue_is_empty
 from .writer import REDIS_ERRORS, CoincidenceService, PublishFromWriter
+from .writer_lease import LEASE_LOST_EXIT, lease_token
 
 log = logging.getLogger(__name__)
 
 
 def service() -> CoincidenceService:
-    """The process's writer, built once."""
+    """The process's writer, built once (once it holds the writer lease: commits carry its
+    token, and a commit after the lease was taken over is refused)."""
 
     def build() -> CoincidenceService:
         current = settings()
-        client = redis.Redis.from_url(current.state_redis_url, decode_responses=True)
+        client = state_client()
         sender = CelerySender()
         return CoincidenceService.on_redis(
             client,
             Processor(current),
             sender,
+            lease_token=lease_token(),
             queue_is_empty=queue_is_empty,
             slack_enabled=current.slack_token is not None,
             batch=sender.batch,
@@ -49,8 +53,16 @@ def service() -> CoincidenceService:
 #: and Celery drops them (Reject without requeue); it would also apply them after the
 #: messages behind them.
 WAIT_ERRORS = (*REDIS_ERRORS, OperationalError, BatchPublishError)
-WAIT_FIRST_S = 0.5
-WAIT_MAX_S = 5.0
+WAIT_FIRST_S = 0.2
+WAIT_MAX_S = 1.0  # a Redis failover takes about 2 s: resume right after it
+
+
+def _fenced() -> NoReturn:
+    """Another writer holds the lease: acknowledge nothing (the batch in hand goes back to
+    the queue for it) and stop; the supervisor starts this worker again as a standby."""
+    log.error("this writer's lease was taken over: exiting without acknowledging the batch")
+    logging.shutdown()
+    os._exit(LEASE_LOST_EXIT)
 
 
 @app.task(name=TaskName.PROCESS, acks_late=True, reject_on_worker_lost=True)
@@ -62,6 +74,8 @@ def process(payloads: list) -> list[str]:
     while True:
         try:
             return service().handle_many(batch)
+        except WriterFenced:
+            _fenced()
         except WAIT_ERRORS as error:
             wait_s = backoff.delay()
             log.warning(
@@ -78,6 +92,8 @@ def expire(self: Any) -> dict[str, str]:
     """Periodic expiry, so the cache shrinks even when no message arrives."""
     try:
         return service().expire(time.time_ns())
+    except WriterFenced:
+        _fenced()
     except REDIS_ERRORS as error:
         raise self.retry(exc=error, countdown=5) from error
 

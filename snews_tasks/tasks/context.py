@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import redis
 from celery import signals
 
+from ..adapters.redis_clients import redis_client
 from ..settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -45,21 +46,27 @@ def resource(name: str, factory: Callable[[], T]) -> T:
     return _open[name]  # type: ignore[no-any-return]
 
 
-def state_redis() -> redis.Redis:
-    """The state Redis, answers decoded."""
-    return resource(
-        "state-redis",
-        lambda: redis.Redis.from_url(settings().state_redis_url, decode_responses=True),
+def state_client(*, decode_responses: bool = True, socket_timeout: float = 5.0) -> redis.Redis:
+    """A new client of the state Redis (the Sentinel primary, where it has sentinels)."""
+    current = settings()
+    return redis_client(
+        current.state_redis_url,
+        master_name=current.redis_sentinel_master,
+        decode_responses=decode_responses,
+        socket_timeout=socket_timeout,
     )
+
+
+def state_redis() -> redis.Redis:
+    """The process's state Redis client, answers decoded."""
+    return resource("state-redis", state_client)
 
 
 def broker_redis() -> redis.Redis:
     """The Celery broker's Redis, for queue depths."""
     return resource(
         "broker-redis",
-        lambda: redis.Redis.from_url(
-            settings().broker_url, socket_timeout=5, socket_connect_timeout=5
-        ),
+        lambda: redis_client(settings().broker_url, master_name=settings().redis_sentinel_master),
     )
 
 

@@ -102,12 +102,21 @@ class CoincidenceService:
 
     @classmethod
     def on_redis(
-        cls, client: redis.Redis, processor: Processor, send: Send, **options: Any
+        cls,
+        client: redis.Redis,
+        processor: Processor,
+        send: Send,
+        *,
+        lease_token: str = "",
+        **options: Any,
     ) -> CoincidenceService:
-        """The writer on one state Redis (a client decoding responses); `options` as for
-        the constructor."""
+        """The writer on one state Redis (a client decoding responses), committing under
+        `lease_token` ("" without a lease); `options` as for the constructor."""
         state = RedisState(
-            client, heartbeats=DetectorStatus(client).latest, bucket_ns=processor.threshold_ns
+            client,
+            heartbeats=DetectorStatus(client).latest,
+            bucket_ns=processor.threshold_ns,
+            lease_token=lease_token,
         )
         return cls(processor, state, Outbox(client), send, **options)
 

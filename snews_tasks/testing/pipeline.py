@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import confluent_kafka
 import pymongo
 import pytest
-import redis
 from celery import Celery
 from hop.io import StartPosition, Stream
 from kombu import Connection
@@ -37,6 +37,7 @@ from kombu import Queue as KombuQueue
 from pymongo.database import Database
 
 from ..adapters.detector_status import DetectorStatus
+from ..adapters.redis_clients import celery_transport_options, redis_client
 from ..adapters.redis_keys import KEYS
 from ..adapters.state import RedisState
 from ..core.engine import LIVE, Coincidence, Observation, brute_force_coincidences
@@ -169,15 +170,17 @@ class Pipeline:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         localstack.create_topics(self.kafka.address, [self.alert_topic, self.test_alert_topic])
         self.env = self._environment()
+        master = self.env.get("SNEWS_REDIS_SENTINEL_MASTER", "snews")
         self.client = Celery("pipeline-client", broker=self.broker_url, set_as_current=False)
         self.client.conf.update(
             task_serializer="json",
             accept_content=["json"],
             task_queues=tuple(KombuQueue(name) for name in QUEUES),
             broker_connection_retry_on_startup=True,
+            broker_transport_options=celery_transport_options(self.broker_url, master),
         )
-        self.broker = redis.Redis.from_url(self.broker_url)
-        client = redis.Redis.from_url(self.state_redis_url, decode_responses=True)
+        self.broker = redis_client(self.broker_url, master_name=master)
+        client = redis_client(self.state_redis_url, master_name=master, decode_responses=True)
         self.state = RedisState(client, heartbeats=DetectorStatus(client).latest)
         self.mongo: pymongo.MongoClient = pymongo.MongoClient(
             self.mongo_url, serverSelectionTimeoutMS=20_000
@@ -281,6 +284,42 @@ class Pipeline:
         stream = Stream(auth=False, start_at=StartPosition.EARLIEST, until_eos=True)
         with stream.open(f"{self.kafka.url}/{topic or self.alert_topic}", "r") as reader:
             return [message.content for message in reader]
+
+    def alert_times(self, topic: str | None = None) -> list[tuple[float, dict]]:
+        """Every alert on the topic with the unix time its producer created the record (when
+        the writer, or the Kafka task, published it)."""
+        consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": self.kafka.address,
+                "group.id": f"times-{uuidlib.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+        found: list[tuple[float, dict]] = []
+        try:
+            # Assigned, not subscribed: a group join takes seconds on these brokers.
+            consumer.assign(
+                [
+                    confluent_kafka.TopicPartition(
+                        topic or self.alert_topic, 0, confluent_kafka.OFFSET_BEGINNING
+                    )
+                ]
+            )
+            while True:
+                record = consumer.poll(10.0)
+                if record is None:
+                    raise AssertionError("the alert topic gave nothing for 10 s")
+                error = record.error()
+                if error is not None:
+                    if error.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                        return found
+                    raise AssertionError(f"reading the alert topic: {error.str()}")
+                created_ms = record.timestamp()[1]
+                found.append((created_ms / 1000, json.loads(record.value() or b"{}")))
+        finally:
+            consumer.close()
 
     @property
     def archive(self) -> Database:

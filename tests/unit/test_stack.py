@@ -68,7 +68,7 @@ def test_compose_runs_exactly_the_procfile_roles() -> None:
         assert all(dependency["condition"] in ("service_healthy",
                                                "service_completed_successfully")
                    for dependency in service["depends_on"].values())
-    assert compose["services"]["coincidence"]["deploy"]["replicas"] == 1
+    assert compose["services"]["coincidence"]["deploy"]["replicas"] == 2  # a writer, a standby
     assert compose["services"]["flower"]["ports"] == ["127.0.0.1:5555:5555"]
 
 
@@ -107,14 +107,35 @@ def test_stop_group_kills_what_ignores_sigterm(tmp_path: Path) -> None:
     assert group_members(running.process.pid) == []
 
 
-def test_a_process_that_dies_stops_the_stack(tmp_path: Path) -> None:
+def test_a_process_that_dies_is_started_again_with_growing_pauses(tmp_path: Path) -> None:
+    """The supervisor's job: the stack goes on, and a process failing at once is started
+    again after 0.5 s, 1 s, 2 s, 4 s, ... (four runs in 6 s: the fifth would come after 7.5)."""
+    output, buffer = _output()
+    runs = tmp_path / "runs"
+    stack = Stack(load_settings("test", environ={}), lambda text: output.line("up", text))
+    stack.start_processes([ProcfileEntry("steady", "sleep 60"),
+                           ProcfileEntry("flaky", f"echo run >> {runs}; exit 4")],
+                          cwd=tmp_path, output=output)
+    steady = stack.processes[0].process
+    threading.Timer(6.0, stack.stopping.set).start()
+    assert stack.watch() == 0
+    stack.stop()
+    assert runs.read_text().count("run") == 4
+    assert steady.poll() is not None and group_members(steady.pid) == []
+    lines = buffer.getvalue().splitlines()
+    assert [line for line in lines if "starting it again in" in line][:3] == [
+        f"up     | flaky exited with status 4 after 0 s; starting it again in {wait} s"
+        for wait in ("0.5", "1.0", "2.0")]
+
+
+def test_with_strict_a_process_that_dies_stops_the_stack(tmp_path: Path) -> None:
     output, buffer = _output()
     stack = Stack(load_settings("test", environ={}), lambda text: output.line("up", text))
     stack.start_processes([ProcfileEntry("steady", "sleep 60"),
                            ProcfileEntry("broken", "echo about to fail; exit 3")],
                           cwd=tmp_path, output=output)
     steady = stack.processes[0].process
-    assert stack.watch() == 1
+    assert stack.watch(strict=True) == 1
     stack.stop()
     assert group_members(steady.pid) == []
     lines = buffer.getvalue().splitlines()
