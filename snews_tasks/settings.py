@@ -117,6 +117,7 @@ def _unset_if_empty(value: object) -> object:
     return None if value == "" else value
 
 
+OptionalText = Annotated[str | None, BeforeValidator(_unset_if_empty)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Text = Annotated[str, Field(min_length=1)]
@@ -207,6 +208,47 @@ class Settings(BaseSettings):
     canary_interval_s: PositiveFloat = Field(
         300.0, description="seconds between synthetic test bursts"
     )
+    # -- detector feedback, e-mail and the web console (README: "Detector feedback")
+    slack_operations_channel: Text = Field(
+        "#snews-operations",
+        description="Slack channel for operations notices: missed and back heartbeat events",
+    )
+    heartbeat_check_interval_s: PositiveFloat = Field(
+        30.0, description="seconds between checks of every detector's heartbeats"
+    )
+    contacts_file: Text = Field(
+        "config/contacts.json",
+        description="JSON file of each detector's e-mail contacts (relative paths: from the "
+        "checkout)",
+    )
+    smtp_host: Text = Field("127.0.0.1", description="SMTP server for feedback mails")
+    smtp_port: Annotated[int, AfterValidator(_port)] = Field(25, description="SMTP server port")
+    smtp_tls: Literal["none", "starttls", "tls"] = Field(
+        "none", description="none, starttls (upgrade after connecting) or tls (TLS from the start)"
+    )
+    smtp_user: OptionalText = Field(None, description="SMTP login user; no login when unset")
+    smtp_password: OptionalSecret = Field(None, description="SMTP login password")
+    mail_from: Text = Field(
+        "SNEWS heartbeats <snews-heartbeats@localhost>",
+        description="From: address of feedback mails",
+    )
+    console_address: Text = Field("127.0.0.1", description="address the web console binds")
+    console_port: Annotated[int, AfterValidator(_port)] = Field(
+        5580, description="port the web console binds"
+    )
+    console_basic_auth: Annotated[OptionalSecret, AfterValidator(_basic_auth)] = Field(
+        None,
+        description="user:password for the web console; required unless mode is local and "
+        "it binds 127.0.0.1",
+    )
+
+    @model_validator(mode="after")
+    def _smtp_login(self) -> Settings:
+        if (self.smtp_user is None) != (self.smtp_password is None):
+            raise ValueError(
+                f"{env_name('smtp_user')} and {env_name('smtp_password')}: set both or neither"
+            )
+        return self
 
     @model_validator(mode="after")
     def _backoff_cap(self) -> Settings:
@@ -229,6 +271,27 @@ class Settings(BaseSettings):
         """Only what `load_settings` passes: it reads the mode's file and the environment
         itself, so that an error can say which line or variable set the bad value."""
         return (init_settings,)
+
+
+def _require_auth(
+    auth: SecretStr | None, address: str, settings: Settings, field: str, what: str
+) -> None:
+    if auth is None and (settings.mode != "local" or address != "127.0.0.1"):
+        raise SettingsError(
+            f"{env_name(field)}: required in {settings.mode} mode with {what} on {address} "
+            f"({what} must not run unauthenticated); set it in the environment as user:password"
+        )
+
+
+def require_console_auth(settings: Settings) -> None:
+    """The web console follows Flower's rule: open only in local mode on 127.0.0.1."""
+    _require_auth(
+        settings.console_basic_auth,
+        settings.console_address,
+        settings,
+        "console_basic_auth",
+        "the console",
+    )
 
 
 def require_flower_auth(settings: Settings) -> None:

@@ -17,7 +17,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from numpy.typing import NDArray
 
-from .heartbeat_feedback import NS_PER_S, FeedbackEvent, Heartbeat
+from .heartbeat_feedback import FeedbackEvent, Heartbeat
+from .times import NS_PER_S
 
 STATUS_COLOURS = {"ON": "tab:green", "OFF": "tab:red"}
 MISSED_COLOUR = "tab:orange"
