@@ -339,7 +339,7 @@ def start_smtp(port: int | None = None, *, mail_dir: Path | None = None) -> Serv
     port = port or free_port()
     work_dir = _make_work_dir("smtp")
     maildir = mail_dir.resolve() if mail_dir else work_dir / "maildir"
-    maildir.mkdir(parents=True, exist_ok=True)
+    maildir.parent.mkdir(parents=True, exist_ok=True)  # the server makes the Maildir itself
     command = [
         sys.executable,
         "-m",

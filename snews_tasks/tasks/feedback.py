@@ -27,6 +27,7 @@ from ..core.errors import MessageError
 from ..core.feedback_notices import event_document, event_mail, summary_mail
 from ..core.heartbeat_feedback import (
     FeedbackRule,
+    Heartbeat,
     HeartbeatError,
     HeartbeatFeedback,
     daily_summary,
@@ -84,22 +85,27 @@ def check_heartbeats(
     try:
         stored, position = feed.load()
         feedback = _restore(stored)
-        events = []
-        read = 0
+        read: list[Heartbeat] = []
         for entry_id, record in feed.read_after(position):
-            position, read = entry_id, read + 1
+            position = entry_id
             try:
-                heartbeat = heartbeat_from_record(
-                    record,
-                    detectors=settings.detectors,
-                    max_future_skew_s=settings.max_future_skew_s,
+                read.append(
+                    heartbeat_from_record(
+                        record,
+                        detectors=settings.detectors,
+                        max_future_skew_s=settings.max_future_skew_s,
+                    )
                 )
             except HeartbeatError as error:
                 log.warning("heartbeat %s not used by the feedback: %s", entry_id, error)
-                continue
+        # Notify workers store heartbeats side by side, so the stream can hold one detector's
+        # beats of the same few seconds out of order; within a check they are taken in the
+        # order they were sent (the rule ignores a beat older than the detector's latest).
+        events = []
+        for heartbeat in sorted(read, key=lambda hb: hb.sent_ns):
             observed = feedback.observe(heartbeat)
             if observed.ignored:
-                log.info("heartbeat %s: %s", entry_id, observed.ignored)
+                log.info("heartbeat ignored: %s", observed.ignored)
             events += observed.events
         events += feedback.check(time.time_ns() if now_ns is None else now_ns)
         contacts = detector_contacts(settings)
@@ -122,13 +128,13 @@ def check_heartbeats(
             lock.release()
     for document in documents.values():
         log.warning("heartbeat event: %s %s", document["event"], document["detector_name"])
-    return {"heartbeats": read, "events": len(documents), "handed_on": hand_on(feed, send)}
+    handed = hand_on(feed, send, server_tag=settings.server_tag)
+    return {"heartbeats": len(read), "events": len(documents), "handed_on": handed}
 
 
-def hand_on(feed: HeartbeatFeed, send: Send) -> int:
+def hand_on(feed: HeartbeatFeed, send: Send, *, server_tag: str) -> int:
     """Send each pending event's deliveries; it leaves the pending set once all are sent."""
     pending = feed.pending()
-    server_tag = settings().server_tag
     for document in pending.values():
         send(TaskName.STORE_HEARTBEAT_EVENT, document, {})
         send(TaskName.POST_SLACK_OPERATIONS, document, {})
