@@ -198,7 +198,11 @@ class ConsoleData:
         return self._coincidence(revisions) if revisions else None
 
     def _coincidence(self, revisions: list[dict[str, Any]]) -> dict[str, Any]:
-        revisions = sorted(revisions, key=lambda r: r["revision"])
+        """An alert's revisions, oldest first, each with every field (None when an older
+        alert lacks it), its members, and its sky-map picture's URL when the store has one."""
+        revisions = sorted(
+            (dict.fromkeys(ALERT_FIELDS) | r for r in revisions), key=lambda r: r["revision"]
+        )
         names = [f"{r['alert_id']}-{r['revision']}.png" for r in revisions if r.get("localization")]
         present = {
             doc["filename"]
@@ -226,7 +230,7 @@ class ConsoleData:
 def _duration(seconds: float | None) -> str:
     """Seconds as a person reads them in a table cell."""
     if seconds is None:
-        return "-"
+        return "\u2013"  # the en dash the templates show for "nothing"
     if abs(seconds) < 120:
         return f"{seconds:.1f} s"
     if abs(seconds) < 7200:
