@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 ENV_PREFIX = "SNEWS_"
 Mode = Literal["local", "test", "firedrill", "production"]
 MODES: tuple[str, ...] = get_args(Mode)
+SMTP_TLS_MODES = ("none", "starttls", "tls")
 CONFIG_DIR_VARIABLE = "SNEWS_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -110,6 +111,12 @@ def _basic_auth(value: SecretStr | None) -> SecretStr | None:
         user, colon, password = value.get_secret_value().partition(":")
         if not (user and colon and password):
             raise ValueError("must have the form user:password")
+    return value
+
+
+def _smtp_tls(value: str) -> str:
+    if value not in SMTP_TLS_MODES:
+        raise ValueError(f"must be one of {', '.join(SMTP_TLS_MODES)}")
     return value
 
 
@@ -223,7 +230,7 @@ class Settings(BaseSettings):
     )
     smtp_host: Text = Field("127.0.0.1", description="SMTP server for feedback mails")
     smtp_port: Annotated[int, AfterValidator(_port)] = Field(25, description="SMTP server port")
-    smtp_tls: Literal["none", "starttls", "tls"] = Field(
+    smtp_tls: Annotated[str, AfterValidator(_smtp_tls)] = Field(
         "none", description="none, starttls (upgrade after connecting) or tls (TLS from the start)"
     )
     smtp_user: OptionalText = Field(None, description="SMTP login user; no login when unset")
@@ -276,6 +283,7 @@ class Settings(BaseSettings):
 def _require_auth(
     auth: SecretStr | None, address: str, settings: Settings, field: str, what: str
 ) -> None:
+    """What serves the operators' view may be open only to this machine, in local mode."""
     if auth is None and (settings.mode != "local" or address != "127.0.0.1"):
         raise SettingsError(
             f"{env_name(field)}: required in {settings.mode} mode with {what} on {address} "
@@ -297,14 +305,13 @@ def require_console_auth(settings: Settings) -> None:
 def require_flower_auth(settings: Settings) -> None:
     """Flower (and anything else serving the operators' view) must not run unauthenticated
     outside local mode on 127.0.0.1; checked by the process that serves it, not by every one."""
-    if settings.flower_basic_auth is None and (
-        settings.mode != "local" or settings.flower_address != "127.0.0.1"
-    ):
-        raise SettingsError(
-            f"{env_name('flower_basic_auth')}: required in {settings.mode} mode with Flower "
-            f"on {settings.flower_address} (Flower must not run unauthenticated); "
-            "set it in the environment as user:password"
-        )
+    _require_auth(
+        settings.flower_basic_auth,
+        settings.flower_address,
+        settings,
+        "flower_basic_auth",
+        "Flower",
+    )
 
 
 # -- documentation ------------------------------------------------------------------------------

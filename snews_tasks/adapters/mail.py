@@ -20,7 +20,7 @@ from typing import Any
 
 from ..core.errors import MessageError
 from ..core.feedback_notices import parse_contacts
-from ..settings import DEFAULT_CONFIG_DIR, Settings
+from ..settings import DEFAULT_CONFIG_DIR, SMTP_TLS_MODES, Settings
 
 #: An SMTP exchange that takes longer has failed; the retry policy takes it from there.
 SMTP_TIMEOUT_S = 20.0
@@ -62,8 +62,8 @@ class Mailer:
         login: tuple[str, str] | None = None,
         timeout_s: float = SMTP_TIMEOUT_S,
     ) -> None:
-        if tls not in ("none", "starttls", "tls"):
-            raise ValueError(f"tls: must be none, starttls or tls, got {tls!r}")
+        if tls not in SMTP_TLS_MODES:
+            raise ValueError(f"tls: must be one of {', '.join(SMTP_TLS_MODES)}, got {tls!r}")
         self.host, self.port, self.sender, self.tls = host, port, sender, tls
         self._login = login
         self.timeout_s = timeout_s

@@ -52,9 +52,11 @@ def mails_to(maildir: Path, address: str) -> list[EmailMessage]:
 
 
 def attachments(mail: EmailMessage) -> Iterable[tuple[str, bytes]]:
+    """(file name, content) of each attachment."""
     for part in mail.walk():
-        if part.get_filename():
-            yield part.get_filename(), part.get_payload(decode=True)
+        name = part.get_filename()
+        if name:
+            yield name, bytes(part.get_payload(decode=True))
 
 
 @pytest.fixture
