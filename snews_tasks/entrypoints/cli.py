@@ -307,7 +307,9 @@ def status(ctx: click.Context, as_json: bool, timeout: float) -> None:
 
     Checks: the Celery broker and the state Redis answer; every queue that has registered
     tasks has a consumer; the ingest polled recently; queue depths; failed notifications;
-    detectors online and their last heartbeat; the last alert; the canary.
+    detectors online and their last heartbeat; the last alert; the canary; the heartbeat
+    feedback (detectors that missed heartbeats, the day's events); detectors without mail
+    contacts. The web console's operations page shows the same checks.
     """
 
     report = build_status(app, _settings(ctx), timeout=timeout)

@@ -21,7 +21,7 @@ import redis
 from redis.exceptions import LockError
 
 from ..adapters.archive import Archive
-from ..adapters.heartbeat_feed import HeartbeatFeed
+from ..adapters.heartbeat_feed import START, HeartbeatFeed
 from ..adapters.mail import contacts_path, load_contacts
 from ..core.errors import MessageError
 from ..core.feedback_notices import event_document, event_mail, summary_mail
@@ -62,14 +62,15 @@ def detector_contacts(settings: Settings) -> dict[str, tuple[str, ...]]:
         return {}
 
 
-def _restore(stored: object) -> HeartbeatFeedback:
-    if stored is None:
-        return HeartbeatFeedback(RULE)
-    try:
-        return HeartbeatFeedback.from_dict(stored, RULE)
-    except HeartbeatError as error:
-        log.error("feedback state unreadable (%s): re-learning from the stream", error)
-        return HeartbeatFeedback(RULE)
+def _restore(stored: object, position: str) -> tuple[HeartbeatFeedback, str]:
+    """The rule's state and where to read on; without a usable state, the whole stream
+    (its last 24 h) teaches the rule afresh."""
+    if stored is not None:
+        try:
+            return HeartbeatFeedback.from_dict(stored, RULE), position
+        except HeartbeatError as error:
+            log.error("feedback state unreadable (%s): re-learning from the stream", error)
+    return HeartbeatFeedback(RULE), START
 
 
 def check_heartbeats(
@@ -83,8 +84,7 @@ def check_heartbeats(
         log.info("another heartbeat check is running; this one does nothing")
         return None
     try:
-        stored, position = feed.load()
-        feedback = _restore(stored)
+        feedback, position = _restore(*feed.load())
         read: list[Heartbeat] = []
         for entry_id, record in feed.read_after(position):
             position = entry_id
