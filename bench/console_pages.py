@@ -7,7 +7,9 @@ coincidences of two revisions each, then runs the feedback check once so the rul
 state. The console runs as `snews-tasks console` (waitress), a separate process, as deployed;
 each page is fetched over HTTP `--requests` times and the median, 95th percentile and
 maximum are reported. A timeline picture is timed twice: drawn (its first request, or once
-its minute in the cache has passed) and from the cache.
+its minute in the cache has passed) and from the cache. The heartbeats end at the moment
+the filling started, and the check runs on that clock, so only the detector that fell
+silent is flagged.
 
     .venv/bin/python bench/console_pages.py [--requests 30] [--no-write]
 
@@ -33,6 +35,7 @@ from tqdm import tqdm
 from snews_tasks.adapters.archive import Archive
 from snews_tasks.adapters.detector_status import DetectorStatus
 from snews_tasks.adapters.heartbeat_feed import HeartbeatFeed
+from snews_tasks.core.routing import TaskName
 from snews_tasks.core.times import NS_PER_S, format_time_ns
 from snews_tasks.entrypoints import localstack
 from snews_tasks.settings import KNOWN_DETECTORS, load_settings
@@ -80,7 +83,8 @@ def fill(archive: Archive, state: redis.Redis, now_ns: int) -> int:
                     "revision": revision,
                     "alert_type": "NEW" if revision == 1 else "UPDATE",
                     "detector_names": members,
-                    "neutrino_times_utc": [format_time_ns(now_ns - i * 3000 * NS_PER_S)] * len(members),
+                    "neutrino_times_utc": [format_time_ns(now_ns - i * 3000 * NS_PER_S)]
+                    * len(members),
                     "p_values": [0.01] * len(members),
                     "false_alarm_rate_per_year": 0.01,
                     "sent_time_utc": format_time_ns(now_ns - i * 3000 * NS_PER_S + revision),
@@ -131,7 +135,12 @@ def main() -> None:
         count = fill(archive, state, now)
         print(f"archived {count} heartbeats in {time.perf_counter() - started:.0f} s")
         started = time.perf_counter()
-        outcome = check_heartbeats(settings, state, lambda *_: None)
+
+        def archive_events(task: str, document: dict, headers: dict) -> None:
+            if task == TaskName.STORE_HEARTBEAT_EVENT:  # the timelines shade archived gaps
+                archive.store_heartbeat_event(document)
+
+        outcome = check_heartbeats(settings, state, archive_events, now_ns=now)
         print(f"feedback check: {outcome} in {time.perf_counter() - started:.2f} s")
 
         console = subprocess.Popen(
@@ -182,8 +191,9 @@ def main() -> None:
         "",
         "The pages read only per-detector summaries (Redis, the `detector_status` collection and "
         "the feedback rule's state), never the week of heartbeats; a timeline picture reads one "
-        "detector's last 48 h through the (tier, detector_name, sent_time_utc) index, is drawn "
-        "with matplotlib and kept a minute. `/operations` serves the status the console gathers "
+        "detector's last 24 h through the (tier, detector_name, sent_time_utc) index, is drawn "
+        "with matplotlib on request and kept a minute (the pictures load lazily, as each "
+        "comes into view). `/operations` serves the status the console gathers "
         "every 5 s in the background (gathering asks every worker and waits its 2 s timeout).",
         "",
     ]

@@ -42,7 +42,10 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
         ([("tier", ASCENDING), ("detector_name", ASCENDING), ("sent_time_utc", ASCENDING)], False),
     ],
     HEARTBEAT_EVENTS: [([("event_id", ASCENDING)], True), ([("time_utc", ASCENDING)], False)],
-    ALERTS: [([("alert_id", ASCENDING), ("revision", ASCENDING)], True)],
+    ALERTS: [
+        ([("alert_id", ASCENDING), ("revision", ASCENDING)], True),
+        ([("sent_time_utc", ASCENDING)], False),  # the console's latest alerts
+    ],
     REJECTED: [([("reject_id", ASCENDING)], True), ([("received_utc", ASCENDING)], False)],
     DETECTOR_STATUS: [([("detector_name", ASCENDING)], True)],
     FAILED_NOTIFICATIONS: [
@@ -217,10 +220,16 @@ class Archive:
         event_id = require_str(event, "event_id", "heartbeat event")
         return self._insert_once(self.heartbeat_events, {"event_id": event_id}, event)
 
-    def heartbeat_events_since(self, since_utc: str, limit: int = 500) -> list[dict[str, Any]]:
-        """Events raised at or after `since_utc` (normalised ISO text), newest first."""
+    def heartbeat_events_since(
+        self, since_utc: str, limit: int = 500, *, detector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Events raised at or after `since_utc` (normalised ISO text), of one detector or
+        all, newest first."""
+        query: dict[str, Any] = {"time_utc": {"$gte": since_utc}}
+        if detector is not None:
+            query["detector_name"] = detector
         cursor = self.heartbeat_events.find(
-            {"time_utc": {"$gte": since_utc}}, {"_id": False}, sort=[("time_utc", -1)], limit=limit
+            query, {"_id": False}, sort=[("time_utc", -1)], limit=limit
         )
         return list(cursor)
 

@@ -152,6 +152,28 @@ class FeedbackEvent:
         }
 
 
+def event_from_dict(data: Mapping[str, Any]) -> FeedbackEvent:
+    """`FeedbackEvent.to_dict` read back (an archived event), or `HeartbeatError`."""
+    try:
+        kind = data["event"]
+        if kind not in ("missed", "back"):
+            raise HeartbeatError("event", f"must be 'missed' or 'back', got {kind!r}")
+        return FeedbackEvent(
+            detector_name=str(data["detector_name"]),
+            event=kind,
+            time_ns=_parse_utc(data["time_utc"], "time_utc"),
+            last_heartbeat_ns=_parse_utc(data["last_heartbeat_utc"], "last_heartbeat_utc"),
+            allowed_gap_ns=round(float(data["allowed_gap_s"]) * NS_PER_S),
+            mean_interval_ns=float(data["mean_interval_s"]) * NS_PER_S,
+            sigma_interval_ns=float(data["sigma_interval_s"]) * NS_PER_S,
+            gap_ns=round(float(data["gap_s"]) * NS_PER_S),
+        )
+    except HeartbeatError:
+        raise
+    except (KeyError, TypeError, ValueError) as error:
+        raise HeartbeatError("event", f"is not a feedback event: {error!r}") from None
+
+
 class Observed(NamedTuple):
     """What one heartbeat did: the events it raised, or why the rule ignored it."""
 

@@ -21,6 +21,7 @@ auth (``SNEWS_CONSOLE_BASIC_AUTH``), the rule Flower follows.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import threading
@@ -37,7 +38,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from ..adapters.archive import Archive
 from ..adapters.detector_status import DetectorStatus
 from ..adapters.skymap_store import CONTENT_TYPES, SkymapStore, check_name
-from ..core.heartbeat_feedback import replay_events, usable_heartbeats
+from ..core.heartbeat_feedback import HeartbeatError, event_from_dict, usable_heartbeats
 from ..core.heartbeat_plot import timeline_png
 from ..core.times import NS_PER_S, format_time_ns
 from ..settings import Settings
@@ -162,14 +163,18 @@ class ConsoleData:
             if cached and time.monotonic() - cached[0] < TIMELINE_CACHE_S:
                 return cached[1]
         start_ns = now_ns - TIMELINE_S * NS_PER_S
-        history_ns = start_ns - TIMELINE_S * NS_PER_S  # the rule's window before the picture
         records = self.archive.heartbeats(
-            detector, format_time_ns(history_ns), format_time_ns(now_ns + 60 * NS_PER_S)
+            detector, format_time_ns(start_ns), format_time_ns(now_ns + 60 * NS_PER_S)
         )
-        heartbeats = usable_heartbeats(records)
-        png = timeline_png(
-            heartbeats, detector, start_ns, now_ns, replay_events(heartbeats, now_ns)
+        # The gaps shaded are those the live rule reported (a gap begins before its event).
+        archived = self.archive.heartbeat_events_since(
+            format_time_ns(start_ns - TIMELINE_S * NS_PER_S), detector=detector
         )
+        events = []
+        for document in archived:
+            with contextlib.suppress(HeartbeatError):
+                events.append(event_from_dict(document))
+        png = timeline_png(usable_heartbeats(records), detector, start_ns, now_ns, events)
         with self._timeline_lock:
             self._timelines[detector] = (time.monotonic(), png)
         return png
@@ -184,10 +189,7 @@ class ConsoleData:
             sort=[("sent_time_utc", DESCENDING)],
             limit=ALERT_REVISIONS_SHOWN,
         )
-        grouped: dict[str, list[dict[str, Any]]] = {}
-        for document in documents:
-            grouped.setdefault(document["alert_id"], []).append(document)
-        return [self._coincidence(revisions) for revisions in grouped.values()]
+        return self._coincidences(list(documents))
 
     def alert(self, alert_id: str) -> dict[str, Any] | None:
         revisions = list(
@@ -195,19 +197,31 @@ class ConsoleData:
                 {"alert_id": alert_id}, {"_id": False, **dict.fromkeys(ALERT_FIELDS, True)}
             )
         )
-        return self._coincidence(revisions) if revisions else None
+        return self._coincidences(revisions)[0] if revisions else None
 
-    def _coincidence(self, revisions: list[dict[str, Any]]) -> dict[str, Any]:
-        """An alert's revisions, oldest first, each with every field (None when an older
-        alert lacks it), its members, and its sky-map picture's URL when the store has one."""
+    def _coincidences(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Alert revisions grouped by coincidence, in their first appearance's order, each
+        revision with every field (None when an older alert lacks it), its members, and its
+        sky-map picture's URL when the store has one (one query for all)."""
+        names = [f"{d['alert_id']}-{d['revision']}.png" for d in documents if d.get("localization")]
+        present = (
+            {
+                doc["filename"]
+                for doc in self.skymaps.files.find({"filename": {"$in": names}}, {"filename": True})
+            }
+            if names
+            else set()
+        )
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for document in documents:
+            grouped.setdefault(document["alert_id"], []).append(document)
+        return [self._coincidence(revisions, present) for revisions in grouped.values()]
+
+    @staticmethod
+    def _coincidence(revisions: list[dict[str, Any]], present: set[str]) -> dict[str, Any]:
         revisions = sorted(
             (dict.fromkeys(ALERT_FIELDS) | r for r in revisions), key=lambda r: r["revision"]
         )
-        names = [f"{r['alert_id']}-{r['revision']}.png" for r in revisions if r.get("localization")]
-        present = {
-            doc["filename"]
-            for doc in self.skymaps.files.find({"filename": {"$in": names}}, {"filename": True})
-        }
         for revision in revisions:
             picture = f"{revision['alert_id']}-{revision['revision']}.png"
             revision["skymap_png"] = f"/skymaps/{picture}" if picture in present else None
