@@ -183,7 +183,8 @@ def main() -> None:
         f"heartbeats from 20 detectors ({count} archived, one a minute each), 24 h of them "
         f"in the feedback stream, {ALERTS} coincidences of 2 revisions; the console as its own "
         "process (waitress) on SecantusDB and Redis. Times are one HTTP request each, "
-        f"client-side, in ms; the budget is {BUDGET_MS:.0f} ms a page.",
+        f"client-side, in ms; the budget is {BUDGET_MS:.0f} ms a page. Load average at the "
+        f"end: {os.getloadavg()[0]:.1f} (2 cores; other work on the machine inflates these).",
         "",
         "| page | median | p95 | max |",
         "|---|---|---|---|",
