@@ -35,7 +35,6 @@ from ..settings import (
 )
 from ..tasks import context
 from ..tasks.app import app
-from .console import serve as serve_console
 from .failed import failed_records, redrive
 from .ingest import run_ingest
 from .publish import read_jsonl
@@ -442,7 +441,10 @@ def console(ctx: click.Context) -> None:
     127.0.0.1. Runs until SIGTERM or Ctrl-C.
     """
 
-    serve_console(_settings(ctx, require_console_auth))
+    settings = _settings(ctx, require_console_auth)
+    from .console import serve  # Flask, waitress and matplotlib: the console role's alone
+
+    serve(settings)
 
 
 def main() -> None:
