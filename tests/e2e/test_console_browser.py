@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from matplotlib.figure import Figure
-from playwright.sync_api import ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import ConsoleMessage, Page, Request, sync_playwright
 
 from snews_tasks.adapters.skymap_store import SkymapStore
 from snews_tasks.core.routing import TaskName, queue_of
@@ -86,11 +86,15 @@ class Browser:
         self.timings: dict[str, float] = {}
         page.on("pageerror", lambda error: self.errors.append(f"JavaScript: {error}"))
         page.on("console", self._console)
-        page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url}"))
+        page.on("requestfailed", self._failed)
         page.on(
             "response",
             lambda r: r.status >= 400 and self.errors.append(f"HTTP {r.status}: {r.url}"),
         )
+
+    def _failed(self, request: Request) -> None:
+        if request.failure != "net::ERR_ABORTED":  # not one a navigation cancelled
+            self.errors.append(f"request failed: {request.url} ({request.failure})")
 
     def _console(self, message: ConsoleMessage) -> None:
         if message.type == "error":
@@ -152,16 +156,18 @@ def test_every_page_shows_what_operators_look_for(
             row = page.locator("#alerts tr", has_text=alert_id)
             for detector in BURST:
                 assert detector in row.inner_text()
-            row.get_by_role("link", name=alert_id).click()
-            page.wait_for_load_state("load")
-            browser.load(f"/alerts/{alert_id}", "alert")
+            link = row.get_by_role("link", name=alert_id).get_attribute("href")
+            assert link == f"/alerts/{alert_id}"
+            page = browser.load(link, "alert")
             members = page.locator("table.members").first.inner_text()
             assert all(detector in members for detector in BURST)
             assert page.locator("figure img").count() == 1  # the sky map
 
+            # The console gathers the status every 5 s: wait for one taken after the check.
             deadline = time.monotonic() + 30
             page = browser.load("/operations", "operations")
-            while page.locator("#verdict").count() == 0 and time.monotonic() < deadline:
+            while f"missed: {QUIET}" not in page.inner_text("main"):
+                assert time.monotonic() < deadline, page.inner_text("main")
                 time.sleep(1)
                 page = browser.load("/operations", "operations")
             checks = page.locator("#checks").inner_text()
