@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 ENV_PREFIX = "SNEWS_"
 Mode = Literal["local", "test", "firedrill", "production"]
 MODES: tuple[str, ...] = get_args(Mode)
+SMTP_TLS_MODES = ("none", "starttls", "tls")
 CONFIG_DIR_VARIABLE = "SNEWS_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -118,10 +119,17 @@ def _basic_auth(value: SecretStr | None) -> SecretStr | None:
     return value
 
 
+def _smtp_tls(value: str) -> str:
+    if value not in SMTP_TLS_MODES:
+        raise ValueError(f"must be one of {', '.join(SMTP_TLS_MODES)}")
+    return value
+
+
 def _unset_if_empty(value: object) -> object:
     return None if value == "" else value
 
 
+OptionalText = Annotated[str | None, BeforeValidator(_unset_if_empty)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Text = Annotated[str, Field(min_length=1)]
@@ -227,6 +235,47 @@ class Settings(BaseSettings):
     canary_interval_s: PositiveFloat = Field(
         300.0, description="seconds between synthetic test bursts"
     )
+    # -- detector feedback, e-mail and the web console (README: "Detector feedback")
+    slack_operations_channel: Text = Field(
+        "#snews-operations",
+        description="Slack channel for operations notices: missed and back heartbeat events",
+    )
+    heartbeat_check_interval_s: PositiveFloat = Field(
+        30.0, description="seconds between checks of every detector's heartbeats"
+    )
+    contacts_file: Text = Field(
+        "config/contacts.json",
+        description="JSON file of each detector's e-mail contacts (relative paths: from the "
+        "checkout)",
+    )
+    smtp_host: Text = Field("127.0.0.1", description="SMTP server for feedback mails")
+    smtp_port: Annotated[int, AfterValidator(_port)] = Field(25, description="SMTP server port")
+    smtp_tls: Annotated[str, AfterValidator(_smtp_tls)] = Field(
+        "none", description="none, starttls (upgrade after connecting) or tls (TLS from the start)"
+    )
+    smtp_user: OptionalText = Field(None, description="SMTP login user; no login when unset")
+    smtp_password: OptionalSecret = Field(None, description="SMTP login password")
+    mail_from: Text = Field(
+        "SNEWS heartbeats <snews-heartbeats@localhost>",
+        description="From: address of feedback mails",
+    )
+    console_address: Text = Field("127.0.0.1", description="address the web console binds")
+    console_port: Annotated[int, AfterValidator(_port)] = Field(
+        5580, description="port the web console binds"
+    )
+    console_basic_auth: Annotated[OptionalSecret, AfterValidator(_basic_auth)] = Field(
+        None,
+        description="user:password for the web console; required unless mode is local and "
+        "it binds 127.0.0.1",
+    )
+
+    @model_validator(mode="after")
+    def _smtp_login(self) -> Settings:
+        if (self.smtp_user is None) != (self.smtp_password is None):
+            raise ValueError(
+                f"{env_name('smtp_user')} and {env_name('smtp_password')}: set both or neither"
+            )
+        return self
 
     @model_validator(mode="after")
     def _backoff_cap(self) -> Settings:
@@ -251,17 +300,38 @@ class Settings(BaseSettings):
         return (init_settings,)
 
 
+def _require_auth(
+    auth: SecretStr | None, address: str, settings: Settings, field: str, what: str
+) -> None:
+    """What serves the operators' view may be open only to this machine, in local mode."""
+    if auth is None and (settings.mode != "local" or address != "127.0.0.1"):
+        raise SettingsError(
+            f"{env_name(field)}: required in {settings.mode} mode with {what} on {address} "
+            f"({what} must not run unauthenticated); set it in the environment as user:password"
+        )
+
+
+def require_console_auth(settings: Settings) -> None:
+    """The web console follows Flower's rule: open only in local mode on 127.0.0.1."""
+    _require_auth(
+        settings.console_basic_auth,
+        settings.console_address,
+        settings,
+        "console_basic_auth",
+        "the console",
+    )
+
+
 def require_flower_auth(settings: Settings) -> None:
     """Flower (and anything else serving the operators' view) must not run unauthenticated
     outside local mode on 127.0.0.1; checked by the process that serves it, not by every one."""
-    if settings.flower_basic_auth is None and (
-        settings.mode != "local" or settings.flower_address != "127.0.0.1"
-    ):
-        raise SettingsError(
-            f"{env_name('flower_basic_auth')}: required in {settings.mode} mode with Flower "
-            f"on {settings.flower_address} (Flower must not run unauthenticated); "
-            "set it in the environment as user:password"
-        )
+    _require_auth(
+        settings.flower_basic_auth,
+        settings.flower_address,
+        settings,
+        "flower_basic_auth",
+        "Flower",
+    )
 
 
 # -- documentation ------------------------------------------------------------------------------

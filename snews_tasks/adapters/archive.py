@@ -28,6 +28,8 @@ ALERTS = "alerts"
 REJECTED = "rejected"
 DETECTOR_STATUS = "detector_status"
 FAILED_NOTIFICATIONS = "failed_notifications"
+HEARTBEAT_EVENTS = "heartbeat_events"
+HEARTBEAT_TIER = "Heartbeat"
 DUPLICATE_KEY = 11000  # MongoDB's error code
 
 #: A hung server must not hold a worker forever; MongoDB answers these writes in milliseconds.
@@ -36,8 +38,14 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
     OBSERVATIONS: [
         ([("uuid", ASCENDING)], True),
         ([("detector_name", ASCENDING), ("neutrino_time_utc", ASCENDING)], False),
+        # A detector's heartbeats over a time range: feedback summaries, the console's timeline.
+        ([("tier", ASCENDING), ("detector_name", ASCENDING), ("sent_time_utc", ASCENDING)], False),
     ],
-    ALERTS: [([("alert_id", ASCENDING), ("revision", ASCENDING)], True)],
+    HEARTBEAT_EVENTS: [([("event_id", ASCENDING)], True), ([("time_utc", ASCENDING)], False)],
+    ALERTS: [
+        ([("alert_id", ASCENDING), ("revision", ASCENDING)], True),
+        ([("sent_time_utc", ASCENDING)], False),  # the console's latest alerts
+    ],
     REJECTED: [([("reject_id", ASCENDING)], True), ([("received_utc", ASCENDING)], False)],
     DETECTOR_STATUS: [([("detector_name", ASCENDING)], True)],
     FAILED_NOTIFICATIONS: [
@@ -90,6 +98,7 @@ class Archive:
         self.rejected: Collection = self.db[REJECTED]
         self.detector_status: Collection = self.db[DETECTOR_STATUS]
         self.failed_notifications: Collection = self.db[FAILED_NOTIFICATIONS]
+        self.heartbeat_events: Collection = self.db[HEARTBEAT_EVENTS]
 
     def ensure_indexes(self) -> None:
         """Create the unique keys that make every write idempotent (no-op when they exist)."""
@@ -204,6 +213,43 @@ class Archive:
                 {"$set": fields},
                 upsert=True,
             )
+
+    def store_heartbeat_event(self, event: Mapping[str, Any]) -> bool:
+        """Archive a missed or back event (`core.feedback_notices.event_document`); True when
+        new."""
+        event_id = require_str(event, "event_id", "heartbeat event")
+        return self._insert_once(self.heartbeat_events, {"event_id": event_id}, event)
+
+    def heartbeat_events_since(
+        self, since_utc: str, limit: int = 500, *, detector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Events raised at or after `since_utc` (normalised ISO text), of one detector or
+        all, newest first."""
+        query: dict[str, Any] = {"time_utc": {"$gte": since_utc}}
+        if detector is not None:
+            query["detector_name"] = detector
+        cursor = self.heartbeat_events.find(
+            query, {"_id": False}, sort=[("time_utc", -1)], limit=limit
+        )
+        return list(cursor)
+
+    def heartbeats(self, detector: str, start_utc: str, end_utc: str) -> list[dict[str, Any]]:
+        """A detector's archived heartbeats sent in [start_utc, end_utc), in arrival order."""
+        cursor = self.observations.find(
+            {
+                "tier": HEARTBEAT_TIER,
+                "detector_name": detector,
+                "sent_time_utc": {"$gte": start_utc, "$lt": end_utc},
+            },
+            {
+                "_id": False,
+                "detector_name": True,
+                "detector_status": True,
+                "sent_time_utc": True,
+                "received_time_utc": True,
+            },
+        )
+        return sorted(cursor, key=lambda hb: str(hb.get("received_time_utc") or ""))
 
 
 def open_archive(settings: Settings, *, server_selection_timeout_ms: int = 5_000) -> Archive:

@@ -21,6 +21,12 @@ State Redis (P = prefix, "snews"; N = namespace, live or test):
   P:failed              hash "kind:key" -> failure record, while MongoDB cannot hold it
   P:writer:lease        the token of the coincidence worker that may commit (expires)
   P:writers             hash token -> {"role", "seen"}: the coincidence workers, for status
+  P:heartbeats          stream of accepted heartbeats (the last 24 h), read by the feedback check
+  P:feedback:state      JSON: the feedback rule's state and its position in P:heartbeats
+  P:feedback:lock       held by the one feedback check running (redis-py lock)
+  P:feedback:pending    hash event_id -> event document not yet handed to its deliveries
+  P:mail:sent:ID        a mail sent (ID = its mail_id), for a week
+  P:slack:operations:ID an operations notice posted (ID = the event's id), for a week
 """
 
 from __future__ import annotations
@@ -96,6 +102,29 @@ class Keys:
     @property
     def detectors(self) -> str:
         return self._key("detectors")
+
+    # -- heartbeat feedback, mail
+    @property
+    def heartbeats(self) -> str:
+        return self._key("heartbeats")
+
+    @property
+    def feedback_state(self) -> str:
+        return self._key("feedback", "state")
+
+    @property
+    def feedback_lock(self) -> str:
+        return self._key("feedback", "lock")
+
+    @property
+    def feedback_pending(self) -> str:
+        return self._key("feedback", "pending")
+
+    def mail_sent(self, mail_id: str) -> str:
+        return self._key("mail", "sent", mail_id)
+
+    def operations_posted(self, event_id: str) -> str:
+        return self._key("slack", "operations", event_id)
 
     @property
     def ingest_last_poll(self) -> str:

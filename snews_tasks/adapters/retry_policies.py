@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import http.client
 import math
+import smtplib
+import ssl
 import urllib.error
 from typing import Any
 
@@ -151,3 +153,28 @@ def slack_policy(settings: Settings) -> RetryPolicy:
     return _policy(
         settings, SLACK_RETRYABLE, check=is_transient_slack_error, retry_after=slack_retry_after
     )
+
+
+# --- SMTP --------------------------------------------------------------------------------------
+
+# smtplib's errors are OSErrors, as are refused connections, timeouts and name lookups.
+SMTP_RETRYABLE: tuple[type[BaseException], ...] = (OSError,)
+
+
+def _transient_code(code: object) -> bool:
+    return isinstance(code, int) and 400 <= code < 500
+
+
+def is_transient_smtp_error(error: BaseException) -> bool:
+    """A server down, disconnecting or answering 4xx (try later); 5xx answers (bad address,
+    refused login) and a server without STARTTLS are permanent."""
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        return all(_transient_code(code) for code, _ in error.recipients.values())
+    if isinstance(error, smtplib.SMTPResponseException):
+        return _transient_code(error.smtp_code)
+    return not isinstance(error, smtplib.SMTPNotSupportedError | ssl.SSLCertVerificationError)
+
+
+def mail_policy(settings: Settings) -> RetryPolicy:
+    """The SMTP server down or busy: mail waits (and ends in a failure record to re-drive)."""
+    return _policy(settings, SMTP_RETRYABLE, check=is_transient_smtp_error)

@@ -48,6 +48,13 @@ class SlackPoster:
         )
         return str(response["ts"])
 
+    def post_text(self, channel: str, text: str) -> str:
+        """Post plain text to another channel (operations notices); returns its timestamp."""
+        response = self._client.chat_postMessage(
+            channel=channel, text=text, unfurl_links=False, unfurl_media=False
+        )
+        return str(response["ts"])
+
     def close(self) -> None:
         """Nothing to release (a connection per request); here so all resources close alike."""
 

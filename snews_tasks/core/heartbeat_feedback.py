@@ -57,15 +57,15 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import re
 import statistics
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
-NS_PER_S = 10**9
+from .errors import MessageError
+from .times import NS_PER_S, format_time_ns, parse_time_ns
+
 STATUSES = ("ON", "OFF")
 HEARTBEAT_TIER = "Heartbeat"
 STATE_VERSION = 1
@@ -76,13 +76,13 @@ Reject = Callable[[int, str], None]
 _log = logging.getLogger(__name__)
 
 
-class HeartbeatError(ValueError):
+class HeartbeatError(MessageError):
     """Input the feedback cannot use; the message names the field and the problem."""
 
+    field: str
+
     def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
+        super().__init__(field, problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,14 +142,36 @@ class FeedbackEvent:
         return {
             "detector_name": self.detector_name,
             "event": self.event,
-            "time_utc": _format_utc(self.time_ns),
-            "last_heartbeat_utc": _format_utc(self.last_heartbeat_ns),
-            "overdue_since_utc": _format_utc(self.last_heartbeat_ns + self.allowed_gap_ns),
+            "time_utc": format_time_ns(self.time_ns),
+            "last_heartbeat_utc": format_time_ns(self.last_heartbeat_ns),
+            "overdue_since_utc": format_time_ns(self.last_heartbeat_ns + self.allowed_gap_ns),
             "allowed_gap_s": self.allowed_gap_ns / NS_PER_S,
             "gap_s": self.gap_ns / NS_PER_S,
             "mean_interval_s": self.mean_interval_ns / NS_PER_S,
             "sigma_interval_s": self.sigma_interval_ns / NS_PER_S,
         }
+
+
+def event_from_dict(data: Mapping[str, Any]) -> FeedbackEvent:
+    """`FeedbackEvent.to_dict` read back (an archived event), or `HeartbeatError`."""
+    try:
+        kind = data["event"]
+        if kind not in ("missed", "back"):
+            raise HeartbeatError("event", f"must be 'missed' or 'back', got {kind!r}")
+        return FeedbackEvent(
+            detector_name=str(data["detector_name"]),
+            event=kind,
+            time_ns=_parse_utc(data["time_utc"], "time_utc"),
+            last_heartbeat_ns=_parse_utc(data["last_heartbeat_utc"], "last_heartbeat_utc"),
+            allowed_gap_ns=round(float(data["allowed_gap_s"]) * NS_PER_S),
+            mean_interval_ns=float(data["mean_interval_s"]) * NS_PER_S,
+            sigma_interval_ns=float(data["sigma_interval_s"]) * NS_PER_S,
+            gap_ns=round(float(data["gap_s"]) * NS_PER_S),
+        )
+    except HeartbeatError:
+        raise
+    except (KeyError, TypeError, ValueError) as error:
+        raise HeartbeatError("event", f"is not a feedback event: {error!r}") from None
 
 
 class Observed(NamedTuple):
@@ -314,12 +336,14 @@ class HeartbeatFeedback:
             states[detector] = {
                 "watched": stats is not None,
                 "beats_in_window": len(track.beats),
-                "last_heartbeat_utc": _format_utc(track.last_ns),
+                "last_heartbeat_utc": format_time_ns(track.last_ns),
                 "last_status": track.last_status,
                 "silent_s": (now_ns - track.last_ns) / NS_PER_S,
                 "mean_interval_s": stats.mean_ns / NS_PER_S if stats else None,
                 "allowed_gap_s": stats.allowed_ns / NS_PER_S if stats else None,
-                "missed_since_utc": _format_utc(track.missed.raised_ns) if track.missed else None,
+                "missed_since_utc": format_time_ns(track.missed.raised_ns)
+                if track.missed
+                else None,
             }
         return states
 
@@ -437,6 +461,33 @@ def replay_heartbeats(
             yield event.to_dict()
 
 
+def replay_events(
+    heartbeats: Iterable[Heartbeat], end_ns: int, *, rule: FeedbackRule | None = None
+) -> list[FeedbackEvent]:
+    """The events the live rule raises over heartbeats in arrival order, checked last at
+    `end_ns` (the timeline picture shades the gaps they describe)."""
+    feedback = HeartbeatFeedback(rule)
+    events: list[FeedbackEvent] = []
+    for heartbeat in heartbeats:
+        if heartbeat.sent_ns < end_ns:
+            events += feedback.observe(heartbeat).events
+    return events + feedback.check(end_ns)
+
+
+def usable_heartbeats(
+    records: Iterable[object], *, detectors: Collection[str] | None = None
+) -> list[Heartbeat]:
+    """The records that are heartbeats the rule can use (archived ones passed validation
+    already; anything else is skipped, as `replay_heartbeats` skips it)."""
+    usable = []
+    for record in records:
+        try:
+            usable.append(heartbeat_from_record(record, detectors=detectors))
+        except HeartbeatError:
+            continue
+    return usable
+
+
 def _log_reject(position: int, reason: str) -> None:
     _log.warning("heartbeat record %d skipped: %s", position, reason)
 
@@ -498,12 +549,12 @@ def daily_summary(
     period = end_ns - start_ns
     return {
         "detector_name": detector,
-        "start_utc": _format_utc(start_ns),
-        "end_utc": _format_utc(end_ns),
+        "start_utc": format_time_ns(start_ns),
+        "end_utc": format_time_ns(end_ns),
         "beats": len(in_period),
         "beats_on": sum(hb.status == "ON" for hb in in_period),
         "ignored": ignored,
-        "last_heartbeat_utc": _format_utc(accepted[-1].sent_ns) if accepted else None,
+        "last_heartbeat_utc": format_time_ns(accepted[-1].sent_ns) if accepted else None,
         "gaps": [_gap(event, ends.get(event.last_heartbeat_ns), end_ns) for event in gaps],
         "latency_s": _latency(latencies),
         "on_fraction": held["ON"] / period,
@@ -514,9 +565,9 @@ def daily_summary(
 
 def _gap(missed: FeedbackEvent, end: int | None, period_end_ns: int) -> dict[str, Any]:
     return {
-        "start_utc": _format_utc(missed.last_heartbeat_ns),
-        "overdue_utc": _format_utc(missed.last_heartbeat_ns + missed.allowed_gap_ns),
-        "end_utc": None if end is None else _format_utc(end),
+        "start_utc": format_time_ns(missed.last_heartbeat_ns),
+        "overdue_utc": format_time_ns(missed.last_heartbeat_ns + missed.allowed_gap_ns),
+        "end_utc": None if end is None else format_time_ns(end),
         "length_s": ((end or period_end_ns) - missed.last_heartbeat_ns) / NS_PER_S,
     }
 
@@ -532,29 +583,15 @@ def _latency(latencies_ns: list[int]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
-# helpers (the ISO time pair is a stand-in for the project's own, swapped at integration)
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ISO = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)?", re.ASCII)
+# helpers
 
 
 def _parse_utc(value: object, field: str) -> int:
-    match = _ISO.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        raise HeartbeatError(field, f"must be an ISO 8601 UTC time, got {value!r}")
-    whole, fraction, zone = match.groups()
+    """The project's one time parser, its error as this module's (same field, same problem)."""
     try:
-        moment = datetime.fromisoformat(whole + ("+00:00" if zone in (None, "Z") else zone))
-    except ValueError as error:
-        raise HeartbeatError(field, f"is not a valid time ({error}): {value!r}") from None
-    seconds = (moment - _EPOCH) // timedelta(seconds=1)
-    return seconds * NS_PER_S + int((fraction or "").ljust(9, "0"))
-
-
-def _format_utc(t_ns: int) -> str:
-    seconds, nanos = divmod(t_ns, NS_PER_S)
-    moment = (_EPOCH + timedelta(seconds=seconds)).replace(tzinfo=None)
-    return f"{moment.isoformat()}.{nanos:09d}Z"
+        return parse_time_ns(value, field)
+    except MessageError as error:
+        raise HeartbeatError(field, error.problem) from None
 
 
 def _require_ns(value: object, field: str) -> int:
@@ -578,6 +615,6 @@ def _list(value: object, field: str) -> list[Any]:
 def _not_newer(heartbeat: Heartbeat, latest_ns: int) -> str:
     same = "the same as" if heartbeat.sent_ns == latest_ns else "before"
     return (
-        f"sent_time_utc {_format_utc(heartbeat.sent_ns)} is {same} {heartbeat.detector}'s "
-        f"latest heartbeat ({_format_utc(latest_ns)}); ignored"
+        f"sent_time_utc {format_time_ns(heartbeat.sent_ns)} is {same} {heartbeat.detector}'s "
+        f"latest heartbeat ({format_time_ns(latest_ns)}); ignored"
     )

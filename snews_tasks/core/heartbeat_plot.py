@@ -17,7 +17,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from numpy.typing import NDArray
 
-from .heartbeat_feedback import NS_PER_S, FeedbackEvent, Heartbeat
+from .heartbeat_feedback import FeedbackEvent, Heartbeat
+from .times import NS_PER_S
 
 STATUS_COLOURS = {"ON": "tab:green", "OFF": "tab:red"}
 MISSED_COLOUR = "tab:orange"
@@ -35,7 +36,10 @@ def timeline_png(
         (hb for hb in heartbeats if hb.detector == detector and start_ns <= hb.sent_ns < end_ns),
         key=lambda hb: hb.sent_ns,
     )
-    figure = Figure(figsize=(8, 3.6), dpi=100, layout="constrained")
+    # Fixed margins: a constrained layout draws the figure twice, and the console draws these
+    # on request.
+    figure = Figure(figsize=(8, 3.6), dpi=100)
+    figure.subplots_adjust(left=0.09, right=0.98, top=0.91, bottom=0.25, hspace=0.12)
     strip, latency = figure.subplots(2, 1, sharex=True, height_ratios=[1, 2])
     for begin, end in _missed_periods(events, detector, start_ns, end_ns):
         for axes in (strip, latency):
@@ -78,7 +82,7 @@ def timeline_png(
             Line2D([], [], color=STATUS_COLOURS["OFF"], label="OFF"),
             Patch(color=MISSED_COLOUR, alpha=0.3, label="missed"),
         ],
-        loc="outside lower center",
+        loc="lower center",
         ncols=3,
         fontsize="small",
     )

@@ -16,6 +16,7 @@ class Queue(StrEnum):
     STORAGE = "storage"
     ALERTS = "alerts"
     SLACK = "slack"
+    MAIL = "mail"
 
 
 class TaskName(StrEnum):
@@ -31,6 +32,11 @@ class TaskName(StrEnum):
     POST_SLACK = "snews.slack.post_alert"
     CANARY_SEND = "snews.canary.send"
     CANARY_CHECK = "snews.canary.check"
+    FEEDBACK_CHECK = "snews.feedback.check"
+    FEEDBACK_SUMMARY = "snews.feedback.daily_summary"
+    STORE_HEARTBEAT_EVENT = "snews.storage.store_heartbeat_event"
+    POST_SLACK_OPERATIONS = "snews.slack.post_operations"
+    SEND_MAIL = "snews.mail.send"
 
 
 #: Task name prefix -> queue; the Celery routes are built from it.
@@ -40,6 +46,8 @@ ROUTES: dict[str, Queue] = {
     "snews.kafka.*": Queue.ALERTS,
     "snews.slack.*": Queue.SLACK,
     "snews.canary.*": Queue.STORAGE,
+    "snews.feedback.*": Queue.STORAGE,
+    "snews.mail.*": Queue.MAIL,
 }
 
 
@@ -71,6 +79,9 @@ class FailureKind(StrEnum):
     OBSERVATION_STORE = "observation_store"
     REJECT_STORE = "reject_store"
     HEARTBEAT_STORE = "heartbeat_store"
+    HEARTBEAT_EVENT_STORE = "heartbeat_event_store"
+    OPERATIONS_SLACK = "operations_slack"
+    MAIL = "mail"
 
     @property
     def redrive_task(self) -> TaskName:
@@ -89,4 +100,7 @@ _REDRIVE = {
     FailureKind.OBSERVATION_STORE: TaskName.STORE_OBSERVATION,
     FailureKind.REJECT_STORE: TaskName.STORE_REJECT,
     FailureKind.HEARTBEAT_STORE: TaskName.STORE_HEARTBEAT,
+    FailureKind.HEARTBEAT_EVENT_STORE: TaskName.STORE_HEARTBEAT_EVENT,
+    FailureKind.OPERATIONS_SLACK: TaskName.POST_SLACK_OPERATIONS,
+    FailureKind.MAIL: TaskName.SEND_MAIL,
 }

@@ -30,6 +30,7 @@ from ..settings import (
     SettingsError,
     describe_settings,
     load_settings,
+    require_console_auth,
     require_flower_auth,
 )
 from ..tasks import context
@@ -37,7 +38,7 @@ from ..tasks.app import app
 from .failed import failed_records, redrive
 from .ingest import run_ingest
 from .publish import read_jsonl
-from .replay import replay_file
+from .replay import heartbeats_file, replay_file
 from .stack import DEFAULT_PROCFILE, run_stack
 from .status import build_status, short_error
 
@@ -109,14 +110,20 @@ def _services_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _offline_stream(dry_run_help: str) -> Callable[[F], F]:
+    """The STREAM.jsonl argument and the required --dry-run flag of the offline commands."""
+
+    def decorate(command: F) -> F:
+        command = click.option("--dry-run", is_flag=True, required=True, help=dry_run_help)(command)
+        return click.argument("stream", type=click.Path(path_type=Path), metavar="STREAM.jsonl")(
+            command
+        )
+
+    return decorate
+
+
 @cli.command()
-@click.argument("stream", type=click.Path(path_type=Path), metavar="STREAM.jsonl")
-@click.option(
-    "--dry-run",
-    is_flag=True,
-    required=True,
-    help="required: use an in-memory store, touch no service",
-)
+@_offline_stream("required: use an in-memory store, touch no service")
 @click.option(
     "--state-out",
     type=click.Path(path_type=Path),
@@ -307,7 +314,9 @@ def status(ctx: click.Context, as_json: bool, timeout: float) -> None:
 
     Checks: the Celery broker and the state Redis answer; every queue that has registered
     tasks has a consumer; the ingest polled recently; queue depths; failed notifications;
-    detectors online and their last heartbeat; the last alert; the canary.
+    detectors online and their last heartbeat; the last alert; the canary; the heartbeat
+    feedback (detectors that missed heartbeats, the day's events); detectors without mail
+    contacts. The web console's operations page shows the same checks.
     """
 
     report = build_status(app, _settings(ctx), timeout=timeout)
@@ -402,6 +411,48 @@ def flower(ctx: click.Context) -> None:
         ],
         env,
     )
+
+
+@cli.command()
+@_offline_stream("required: run the rule in memory, touch no service")
+@click.pass_context
+def heartbeats(ctx: click.Context, stream: Path, dry_run: bool) -> None:
+    """Print the missed and back events a heartbeat stream raises.
+
+    Run STREAM (one heartbeat message per line, in arrival order) through the heartbeat
+    feedback rule the beat task runs live (README: "Detector feedback"), on the stream's own
+    clock: each heartbeat's sent_time_utc. Each event is printed to stdout as one JSON
+    object per line (detector_name, event: missed or back, time_utc, last_heartbeat_utc,
+    gap_s, allowed_gap_s, mean_interval_s, sigma_interval_s); unusable lines (unknown
+    detector, bad status, sent long after received_time_utc, repeats) go to stderr with
+    their line number. Exit status 0 unless STREAM cannot be read.
+    """
+
+    settings = _load(ctx)
+    try:
+        count = heartbeats_file(settings, stream, out=sys.stdout, err=sys.stderr)
+    except OSError as error:
+        click.echo(f"snews-tasks heartbeats: cannot read {stream}: {error.strerror}", err=True)
+        ctx.exit(2)
+    click.echo(f"heartbeats: {count} events", err=True)
+
+
+@cli.command()
+@click.pass_context
+def console(ctx: click.Context) -> None:
+    """Run the web console (read-only) on the configured address.
+
+    Serves http://SNEWS_CONSOLE_ADDRESS:SNEWS_CONSOLE_PORT/: detectors (online, heartbeats,
+    missed beats, 24 h timelines), alerts (revisions, members, FAR, significance, sky maps),
+    operations (the checks of `status`), /skymaps/<name>; every page also as JSON
+    (?format=json). HTTP basic auth from SNEWS_CONSOLE_BASIC_AUTH, required unless local on
+    127.0.0.1. Runs until SIGTERM or Ctrl-C.
+    """
+
+    settings = _settings(ctx, require_console_auth)
+    from .console import serve  # Flask, waitress and matplotlib: the console role's alone
+
+    serve(settings)
 
 
 def main() -> None:

@@ -66,6 +66,7 @@ from ..adapters.redis_clients import redis_client
 from ..adapters.redis_keys import KEYS
 from ..core.backoff import Backoff
 from ..core.errors import MessageError
+from ..core.heartbeat_feedback import heartbeat_from_record
 from ..core.messages import Message, Tier
 from ..core.payloads import reject_document
 from ..core.processing import Processor
@@ -274,6 +275,16 @@ class Ingest:
             )
         return self.processor.parse(message.value() or b"")
 
+    def _check_heartbeat(self, document: dict) -> None:
+        """A heartbeat the feedback rule could not use (no sent time, one beyond the future
+        tolerance of its receive time) is rejected like any bad message, so it never reaches
+        the detector's status or statistics."""
+        heartbeat_from_record(
+            document,
+            detectors=self.processor.settings.detectors,
+            max_future_skew_s=self.processor.settings.max_future_skew_s,
+        )
+
     def _handle(self, messages: list[confluent_kafka.Message]) -> dict[str, int]:
         received_ns = time.time_ns()
         tasks: list[tuple[str, object]] = []
@@ -282,6 +293,9 @@ class Ingest:
         for message in messages:
             try:
                 parsed = self._parse(message)
+                task, document = task_for(parsed, received_ns)
+                if parsed.tier is Tier.HEARTBEAT:
+                    self._check_heartbeat(document)
             except MessageError as error:
                 log.warning(
                     "rejected message at %s offset %d: %s", message.topic(), message.offset(), error
@@ -296,7 +310,6 @@ class Ingest:
                 )
                 counts["rejected"] += 1
                 continue
-            task, document = task_for(parsed, received_ns)
             counts["enqueued"] += 1
             log.info(
                 "%s from %s (uuid %s) -> %s",

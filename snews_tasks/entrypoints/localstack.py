@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -86,6 +87,7 @@ class Service:
     url: str
     log_path: Path
     process: subprocess.Popen = field(repr=False)
+    data_dir: Path | None = None  # where a server keeps what it received (the SMTP Maildir)
 
     @property
     def address(self) -> str:
@@ -365,3 +367,35 @@ def start_mongo(port: int | None = None, *, storage_path: Path | None = None) ->
         return True
 
     return _launch("mongo", work_dir, command, port, url, probe)
+
+
+def start_smtp(port: int | None = None, *, mail_dir: Path | None = None) -> Service:
+    """aiosmtpd, a real SMTP server, keeping every mail it receives in a Maildir.
+
+    The Maildir is `mail_dir` (kept after the stop: `up` tells where to read the mails)
+    or ``maildir`` in the server's work directory. Read it with `mailbox.Maildir`, or
+    look at the files in its ``new/`` folder: one mail each.
+    """
+    port = port or free_port()
+    work_dir = _make_work_dir("smtp")
+    maildir = mail_dir.resolve() if mail_dir else work_dir / "maildir"
+    maildir.parent.mkdir(parents=True, exist_ok=True)  # the server makes the Maildir itself
+    command = [
+        sys.executable,
+        "-m",
+        "aiosmtpd",
+        "--nosetuid",
+        "--listen",
+        f"{HOST}:{port}",
+        "--class",
+        "aiosmtpd.handlers.Mailbox",
+        str(maildir),
+    ]
+
+    def probe() -> bool:
+        with smtplib.SMTP(HOST, port, timeout=1) as client:
+            return client.noop()[0] == 250
+
+    service = _launch("smtp", work_dir, command, port, f"smtp://{HOST}:{port}", probe)
+    service.data_dir = maildir
+    return service

@@ -1,4 +1,5 @@
-"""`snews-tasks replay --dry-run`: a JSONL stream through the worker's engine, no services."""
+"""`snews-tasks replay --dry-run` and `heartbeats --dry-run`: JSONL streams through the
+worker's engine and the heartbeat feedback rule, no services."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from ..core.heartbeat_feedback import replay_heartbeats
 from ..core.processing import Processor
 from ..core.replay import Replayer, ReplayReport, replay_lines
 from ..settings import Settings
@@ -52,3 +54,36 @@ def replay_file(
     if state_out is not None:
         state_out.write_text(json.dumps(replayer.state(), indent=2) + "\n")
     return report
+
+
+def heartbeats_file(settings: Settings, stream: Path, *, out: TextIO, err: TextIO) -> int:
+    """The heartbeat feedback's events for a JSONL stream of heartbeats, one JSON object per
+    line on `out`, on the stream's clock; unusable lines to `err` with their line number.
+    Returns the number of events; raises OSError if `stream` cannot be read."""
+    numbers: list[int] = []
+    records: list[object] = []
+    not_json: dict[int, str] = {}
+    with stream.open("r", encoding="utf-8", errors="surrogateescape") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            numbers.append(number)
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                not_json[len(numbers)] = f"not valid JSON: {error}"
+                records.append(None)
+
+    def reject(position: int, reason: str) -> None:
+        err.write(f"line {numbers[position - 1]}: {not_json.get(position, reason)}\n")
+
+    events = 0
+    for event in replay_heartbeats(
+        records,
+        detectors=settings.detectors,
+        max_future_skew_s=settings.max_future_skew_s,
+        on_reject=reject,
+    ):
+        out.write(json.dumps(event) + "\n")
+        events += 1
+    return events

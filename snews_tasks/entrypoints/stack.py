@@ -1,8 +1,9 @@
 """`snews-tasks up`: the whole local system in one command.
 
-First the services: Redis, a Kafka-protocol broker and a MongoDB-protocol
-server, each reused when one already answers at its configured address, else
-started on that port with `localstack`. Then every process of the Procfile
+First the services: Redis, a Kafka-protocol broker, a MongoDB-protocol
+server and an SMTP server (aiosmtpd, keeping the mails in the Maildir `MAIL_DIR`), each
+reused when one already answers at its configured address, else started on that port
+with `localstack`. Then every process of the Procfile
 (the same topology docker-compose.yml runs), each in its own process group with
 its output prefixed by its name. Ctrl-C or SIGTERM stops what this command
 started, in reverse order. A process that dies stops the whole stack with a
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +41,8 @@ from .localstack import Service
 from .process_groups import stop_group
 
 DEFAULT_PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
+#: Where the local SMTP server keeps the mails it receives (kept after `up` stops).
+MAIL_DIR = Path(tempfile.gettempdir()) / "snews-tasks-mail"
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 WATCH_INTERVAL_S = 0.2
 #: A process that exits is started again after 0.5 s, then 1, 2, ... up to 30 s while it keeps
@@ -188,7 +192,7 @@ class Stack:
     # services
 
     def start_services(self) -> None:
-        for start in (self._redis, self._kafka, self._mongo):
+        for start in (self._redis, self._kafka, self._mongo, self._smtp):
             if self.stopping.is_set():
                 return
             start()
@@ -257,6 +261,15 @@ class Stack:
         service = localstack.start_mongo(self._local_port(host, port, "mongo"))
         self.services.append(service)
         self.say(f"mongo: started SecantusDB on {service.address} (pid {service.pid})")
+
+    def _smtp(self) -> None:
+        host, port = self.settings.smtp_host, self.settings.smtp_port
+        if _answers(host, port):
+            self.say(f"smtp: using the server at {host}:{port}")
+            return
+        service = localstack.start_smtp(self._local_port(host, port, "smtp"), mail_dir=MAIL_DIR)
+        self.services.append(service)
+        self.say(f"smtp: started aiosmtpd on {service.address} (pid {service.pid})")
 
     # processes
 
@@ -336,10 +349,13 @@ class Stack:
 # --- the command ---------------------------------------------------------------------------------
 
 
+def _shown_host(address: str) -> str:
+    """An address to type into a browser: a wildcard bind is reachable on 127.0.0.1."""
+    return "127.0.0.1" if address in ("0.0.0.0", "") else address
+
+
 def _instructions(settings: Settings) -> list[str]:
-    flower_host = (
-        "127.0.0.1" if settings.flower_address in ("0.0.0.0", "") else settings.flower_address
-    )
+    flower_host = _shown_host(settings.flower_address)
     auth = " --no-auth" if settings.hop_auth == "false" else ""
     kafka = settings.kafka_url.rstrip("/")
     return [
@@ -347,6 +363,9 @@ def _instructions(settings: Settings) -> list[str]:
         "test burst:    snews-tasks publish --example three-detector",
         f"watch alerts:  hop subscribe{auth} -j {kafka}/{settings.test_alert_topic}"
         f"   (real alerts: {settings.alert_topic})",
+        f"console:       http://{_shown_host(settings.console_address)}:{settings.console_port}",
+        f"feedback mail: {MAIL_DIR}/new/ holds one file per mail (when `up` started the "
+        "SMTP server)",
         "health:        snews-tasks status",
         "stop:          Ctrl-C",
     ]

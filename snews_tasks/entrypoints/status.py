@@ -7,21 +7,28 @@ routes, not from a list someone must keep up to date.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import redis
 from pymongo import DESCENDING, MongoClient
 
+from ..adapters.archive import Archive
 from ..adapters.broker import queue_depth
 from ..adapters.detector_status import DetectorStatus
+from ..adapters.heartbeat_feed import HeartbeatFeed
 from ..adapters.lease import LeaseHolder, lease_holder, writers
+from ..adapters.mail import contacts_path, load_contacts
 from ..adapters.redis_clients import primary_address, redis_client
 from ..adapters.redis_keys import KEYS
+from ..core.heartbeat_feedback import HeartbeatFeedback
 from ..core.routing import Queue
+from ..core.times import NS_PER_S, format_time_ns
 from ..settings import Settings
 from ..tasks.base import open_failure_log
 
@@ -205,11 +212,8 @@ def build_status(app: Any, settings: Settings, *, timeout: float) -> Report:
     report.add("detectors", detectors)
 
     def last_alert() -> tuple[bool, str, Any]:
-        client: MongoClient = MongoClient(
-            settings.mongo_url.get_secret_value(), serverSelectionTimeoutMS=int(timeout * 1000)
-        )
-        with client:
-            doc = client[settings.mongo_db].alerts.find_one(
+        with _archive(settings, timeout) as archive:
+            doc = archive.alerts.find_one(
                 {},
                 {
                     "_id": False,
@@ -245,4 +249,56 @@ def build_status(app: Any, settings: Settings, *, timeout: float) -> Report:
         return ok, detail, None
 
     report.add("canary", canary)
+
+    def heartbeats() -> tuple[bool, str, Any]:
+        states = feedback_states(state, time.time_ns())
+        missed = {d: s["missed_since_utc"] for d, s in states.items() if s["missed_since_utc"]}
+        watched = sum(s["watched"] for s in states.values())
+        detail = f"{watched} detectors watched; " + (
+            "missed: " + ", ".join(f"{d} (since {t})" for d, t in sorted(missed.items()))
+            if missed
+            else "no missed heartbeats"
+        )
+        with _archive(settings, timeout) as archive:
+            since = format_time_ns(time.time_ns() - EVENTS_SHOWN_S * NS_PER_S)
+            events = archive.heartbeat_events_since(since, limit=50)
+        if events:
+            detail += f"; {len(events)} events in 24 h, latest: " + ", ".join(
+                f"{e['event']} {e['detector_name']} {e['time_utc']}" for e in events[:3]
+            )
+        # A quiet detector is the detector's news, not an unhealthy service.
+        return True, detail, {"detectors": states, "events": events}
+
+    report.add("heartbeat feedback", heartbeats)
+
+    def contacts() -> tuple[bool, str, Any]:
+        found = load_contacts(contacts_path(settings), settings.detectors)
+        without = [d for d in settings.detectors if not found.get(d)]
+        detail = f"{len(settings.detectors) - len(without)} detectors have contacts" + (
+            f"; none (not mailed) for {', '.join(without)}" if without else ""
+        )
+        return True, detail, {"without": without}
+
+    report.add("contacts", contacts)
     return report
+
+
+#: `status` and the console list the heartbeat events of this last stretch.
+EVENTS_SHOWN_S = 86400
+
+
+def feedback_states(state: redis.Redis, now_ns: int) -> dict[str, dict[str, Any]]:
+    """Per detector, what the heartbeat feedback rule knows now (empty before its first check)."""
+    stored, _ = HeartbeatFeed(state).load()
+    if stored is None:
+        return {}
+    return HeartbeatFeedback.from_dict(stored).detector_states(now_ns)
+
+
+@contextlib.contextmanager
+def _archive(settings: Settings, timeout: float) -> Iterator[Archive]:
+    client: MongoClient = MongoClient(
+        settings.mongo_url.get_secret_value(), serverSelectionTimeoutMS=int(timeout * 1000)
+    )
+    with client:
+        yield Archive(client, settings.mongo_db)

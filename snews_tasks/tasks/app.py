@@ -4,7 +4,8 @@ Queues and what consumes them:
   coincidence  exactly one process (workers/coincidence: solo pool): the serial state writer
   storage      MongoDB archive (observations, alerts, rejects, detector status), the canary
   alerts       the Kafka alert topic
-  slack        Slack posts
+  slack        Slack posts (alerts; heartbeat events to the operations channel)
+  mail         feedback mails to detectors' contacts (SMTP)
 
 The app is built without settings, so importing it needs no configuration;
 what depends on the deployment (broker URL, periodic schedule) is read from the
@@ -21,6 +22,7 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from celery.schedules import crontab
 from kombu import Queue as KombuQueue
 
 from ..adapters.redis_clients import celery_transport_options
@@ -39,6 +41,8 @@ TASK_MODULES = [
     "snews_tasks.tasks.slack",
     "snews_tasks.tasks.canary",
     "snews_tasks.tasks.receipts",
+    "snews_tasks.tasks.feedback",
+    "snews_tasks.tasks.mail",
 ]
 NOTIFICATION_QUEUES = tuple(q for q in Queue if q is not Queue.COINCIDENCE)
 
@@ -121,6 +125,17 @@ def deployment_config(settings: Settings) -> dict[str, Any]:
                 "task": TaskName.CANARY_CHECK.value,
                 "schedule": canary_check_s,
                 "options": {"expires": canary_check_s},
+            },
+            "heartbeat-feedback": {
+                "task": TaskName.FEEDBACK_CHECK.value,
+                "schedule": settings.heartbeat_check_interval_s,
+                "options": {"expires": settings.heartbeat_check_interval_s},
+            },
+            # Each detector's summary of the day that just ended (UTC), to its contacts.
+            "heartbeat-summary": {
+                "task": TaskName.FEEDBACK_SUMMARY.value,
+                "schedule": crontab(minute=5, hour=0),
+                "options": {"expires": 3600.0},
             },
         },
     }

@@ -1,4 +1,5 @@
-"""The storage queue: every observation, alert, reject and heartbeat archived in MongoDB.
+"""The storage queue: every observation, alert, reject, heartbeat and heartbeat event archived
+in MongoDB.
 
 Writes are idempotent (`adapters.archive`), so a redelivered or retried task
 changes nothing. A heartbeat also updates the detector's latest status in the
@@ -12,6 +13,7 @@ from typing import Any, NamedTuple
 
 from ..adapters.archive import Archive, open_archive
 from ..adapters.detector_status import DetectorStatus
+from ..adapters.heartbeat_feed import HeartbeatFeed
 from ..adapters.retry_policies import heartbeat_policy, mongo_policy
 from ..core.backoff import RetryPolicy
 from ..core.documents import alert_key, require_str
@@ -24,13 +26,17 @@ from .context import resource, settings, state_redis
 
 
 def _record_heartbeat(archive: Archive, heartbeat: Mapping[str, Any]) -> bool:
-    """Detector status: Redis first (the false-alarm rate reads it), then the archive."""
+    """Detector status: Redis first (the false-alarm rate reads it), then the archive, then
+    the feedback rule's stream (last, so a retried attempt adds it once; a redelivery that
+    adds it twice is a repeat the rule ignores)."""
     detector = require_str(heartbeat, "detector_name", "heartbeat")
     status = require_str(heartbeat, "detector_status", "heartbeat")
     seen_ns = parse_time_ns(heartbeat.get("received_time_utc"), "received_time_utc")
     DetectorStatus(state_redis()).record(detector, status, seen_ns)
     archive.update_detector_status(heartbeat)
-    return archive.store_observation(heartbeat)
+    new = archive.store_observation(heartbeat)
+    HeartbeatFeed(state_redis()).append(heartbeat)
+    return new
 
 
 class _Kind(NamedTuple):
@@ -59,6 +65,12 @@ KINDS: dict[str, _Kind] = {
         FailureKind.HEARTBEAT_STORE,
         heartbeat_policy,
     ),
+    "heartbeat_event": _Kind(
+        Archive.store_heartbeat_event,
+        _key_field("event_id", "heartbeat event"),
+        FailureKind.HEARTBEAT_EVENT_STORE,
+        mongo_policy,
+    ),
     "alert": _Kind(Archive.store_alert, alert_key, FailureKind.ALERT_STORE, mongo_policy),
     "reject": _Kind(
         Archive.store_reject,
@@ -81,7 +93,8 @@ def store_document(archive: Archive, kind: str, document: Mapping[str, Any]) -> 
     return kind_of(kind).write(archive, document)
 
 
-def _archive() -> Archive:
+def worker_archive() -> Archive:
+    """This worker process's archive client, opened on first use."""
     return resource("archive", lambda: open_archive(settings()))
 
 
@@ -91,7 +104,7 @@ def _store(task: DeliveryTask, kind: str, document: Mapping[str, Any]) -> bool:
         kind=spec.failure,
         records={spec.key(document): document},
         policy=spec.policy(settings()),
-        attempt=lambda: spec.write(_archive(), document),
+        attempt=lambda: spec.write(worker_archive(), document),
     )
 
 
@@ -110,7 +123,7 @@ def store_observations(self: DeliveryTask, documents: list) -> int:
         kind=spec.failure,
         records={spec.key(d): d for d in documents},
         policy=mongo_policy(settings()),
-        attempt=lambda: _archive().store_observations(documents),
+        attempt=lambda: worker_archive().store_observations(documents),
     )
 
 
@@ -128,5 +141,11 @@ def store_reject(self: DeliveryTask, reject: dict) -> bool:
 
 @app.task(base=DeliveryTask, name=TaskName.STORE_HEARTBEAT, bind=True)
 def store_heartbeat(self: DeliveryTask, heartbeat: dict) -> bool:
-    """A detector's heartbeat: its status in the state Redis, and the archive."""
+    """A detector's heartbeat: its status in the state Redis, the archive, the feedback."""
     return _store(self, "heartbeat", heartbeat)
+
+
+@app.task(base=DeliveryTask, name=TaskName.STORE_HEARTBEAT_EVENT, bind=True)
+def store_heartbeat_event(self: DeliveryTask, event: dict) -> bool:
+    """Archive a missed or back event of the heartbeat feedback (idempotent on event_id)."""
+    return _store(self, "heartbeat_event", event)

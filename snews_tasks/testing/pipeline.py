@@ -20,6 +20,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid as uuidlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -232,6 +234,31 @@ class Pipeline:
         worker = Worker(name, process, log_path)
         self.workers.append(worker)
         return worker
+
+    def start_console(self) -> str:
+        """workers/console on a free port; returns its base URL once it answers HTTP."""
+        port = localstack.free_port()
+        self.env["SNEWS_CONSOLE_PORT"] = str(port)
+        console = self._launch("console", None)
+        url = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=1)
+            except urllib.error.HTTPError:  # 401 without credentials: it is up
+                return True
+            return True
+
+        self._checked(
+            lambda: localstack.wait_until(
+                answers,
+                WORKER_READY_TIMEOUT_S,
+                "the console",
+                process=console.process,
+                log_path=console.log_path,
+            )
+        )
+        return url
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`snews-tasks ARGS` with the workers' environment; raises on a non-zero exit."""

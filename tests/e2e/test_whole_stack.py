@@ -46,14 +46,14 @@ pytestmark = pytest.mark.e2e
 
 S = 1_000_000_000
 READY_TIMEOUT_S = 90.0  # only a hang reaches it
-STOP_TIMEOUT_S = 60.0  # `up` gives each of its 8 process groups 10 s before SIGKILL
+STOP_TIMEOUT_S = 60.0  # `up` gives each of its 10 process groups 10 s before SIGKILL
 CLI_TIMEOUT_S = 60.0
 TAIL_LINES = 60
 SLACK_TOKEN = "xoxb-e2e-test"
 MONGO_DB = "snews"
 FLOWER_AUTH = "test:test-only-password"  # config/test.env's throwaway credential
 PROCESSED_KEY = "snews:processed"  # the coincidence state's zset of processed uuids
-QUEUES = ("coincidence", "storage", "alerts", "slack")
+QUEUES = ("coincidence", "storage", "alerts", "slack", "mail")
 UNACKED_KEYS = ("unacked", "unacked:coincidence")  # kombu: delivered, not yet acknowledged
 #: `up` announces what it started: "up | redis: started on ... (pid N)",
 #: "up | ingest: started `workers/ingest` (pid N)".
@@ -109,8 +109,8 @@ class WholeStack:
         self.observation_topic = f"e2e-observations-{suffix}"
         self.alert_topic = f"e2e-alerts-{suffix}"
         self.test_alert_topic = f"e2e-alerts-test-{suffix}"
-        redis_port, kafka_port, mongo_port, flower_port = (localstack.free_port()
-                                                           for _ in range(4))
+        redis_port, kafka_port, mongo_port, flower_port, smtp_port, console_port = (
+            localstack.free_port() for _ in range(6))
         self.kafka_address = f"127.0.0.1:{kafka_port}"
         self.kafka_url = f"kafka://{self.kafka_address}"
         self.mongo_url = f"mongodb://127.0.0.1:{mongo_port}"
@@ -126,6 +126,7 @@ class WholeStack:
             "SNEWS_STATE_REDIS_URL": self.state_redis_url, "SNEWS_KAFKA_URL": self.kafka_url,
             "SNEWS_MONGO_URL": self.mongo_url, "SNEWS_MONGO_DB": MONGO_DB,
             "SNEWS_FLOWER_PORT": str(flower_port),
+            "SNEWS_SMTP_PORT": str(smtp_port), "SNEWS_CONSOLE_PORT": str(console_port),
             "SNEWS_SLACK_TOKEN": SLACK_TOKEN, "SNEWS_SLACK_BASE_URL": slack.base_url,
             "SNEWS_OBSERVATION_TOPIC": self.observation_topic,
             "SNEWS_ALERT_TOPIC": self.alert_topic,
@@ -415,7 +416,7 @@ def test_ingest_killed_mid_stream_loses_nothing(stack: WholeStack, tmp_path: Pat
 def test_sigterm_stops_everything_up_started(stack: WholeStack) -> None:
     started = stack.started()
     procfile = {entry.name for entry in read_procfile(DEFAULT_PROCFILE)}
-    assert set(started) == {"redis", "kafka", "mongo"} | procfile, started
+    assert set(started) == {"redis", "kafka", "mongo", "smtp"} | procfile, started
     everything = descendants(stack.process.pid)  # servers, workers and their pool children
     assert set(started.values()) <= {pid for pid, _ in everything}
     assert len(everything) > len(started)  # the Celery pools run below their main processes

@@ -236,6 +236,27 @@ def test_each_message_becomes_one_task_on_its_queue(kafka_service, harness_facto
     assert (harness.counter(KEYS.ingest_count("enqueued")), harness.counter(KEYS.ingest_count("rejected"))) == (5, 3)
 
 
+def test_heartbeats_the_feedback_could_not_use_are_rejected(kafka_service, harness_factory) -> None:
+    """Unknown detector, garbage status, a sent time an hour ahead: rejected with the field
+    named, so none reaches a detector's status or its heartbeat statistics."""
+    harness = harness_factory(kafka_service)
+    harness.start_ingest()
+
+    def heartbeat(detector: str, status: str, sent: str) -> dict:
+        return {"tier": "Heartbeat", "uuid": str(uuid.uuid4()), "detector_name": detector,
+                "detector_status": status, "sent_time_utc": sent}
+
+    harness.publish(heartbeat("Kamiokande", "ON", now_utc()), heartbeat("JUNO", "MAYBE", now_utc()),
+                    heartbeat("JUNO", "ON", now_utc(3600)), heartbeat("JUNO", "ON", now_utc(30)))
+    harness.wait_received(4)
+    tasks = harness.tasks("storage", 4)
+    rejects = [document for task, document in tasks if task == TaskName.STORE_REJECT]
+    assert [r["field"] for r in rejects] == ["detector_name", "detector_status", "sent_time_utc"]
+    assert "after received_time_utc (tolerance 60 s)" in rejects[2]["reason"]
+    [accepted] = [document for task, document in tasks if task == TaskName.STORE_HEARTBEAT]
+    assert accepted["detector_name"] == "JUNO"  # 30 s ahead: within the clock tolerance
+
+
 def test_restart_continues_after_the_committed_offset(kafka_service, harness_factory) -> None:
     harness = harness_factory(kafka_service)
     ingest = harness.start_ingest()

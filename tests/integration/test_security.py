@@ -96,8 +96,10 @@ def started_pids(output: str) -> dict[str, int]:
 
 
 def test_everything_the_local_stack_starts_listens_on_loopback_only(tmp_path: Path) -> None:
-    """`snews-tasks up` in local mode: its servers, workers, beat, ingest and Flower."""
-    ports = {name: localstack.free_port() for name in ("redis", "kafka", "mongo", "flower")}
+    """`snews-tasks up` in local mode: its servers, workers, beat, ingest, Flower and the
+    console."""
+    ports = {name: localstack.free_port()
+             for name in ("redis", "kafka", "mongo", "smtp", "flower", "console")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNEWS_")}
     env.update({
         "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -107,6 +109,8 @@ def test_everything_the_local_stack_starts_listens_on_loopback_only(tmp_path: Pa
         "SNEWS_KAFKA_URL": f"kafka://127.0.0.1:{ports['kafka']}",
         "SNEWS_MONGO_URL": f"mongodb://127.0.0.1:{ports['mongo']}",
         "SNEWS_FLOWER_PORT": str(ports["flower"]),
+        "SNEWS_SMTP_PORT": str(ports["smtp"]),
+        "SNEWS_CONSOLE_PORT": str(ports["console"]),
         "TMPDIR": str(tmp_path),  # beat's schedule file
     })
     log_path = tmp_path / "up.log"
@@ -121,13 +125,14 @@ def test_everything_the_local_stack_starts_listens_on_loopback_only(tmp_path: Pa
             return (output.count(" ready.") >= 2  # the coincidence and notify workers
                     and "beat: Starting" in output
                     and localstack._port_answers(ports["flower"])
+                    and localstack._port_answers(ports["console"])
                     and state.exists(KEYS.ingest_last_poll) == 1)
 
         localstack.wait_until(ready, READY_TIMEOUT_S, "the local stack", process=up,
                               log_path=log_path)
         pids = started_pids(log_path.read_text())
-        assert set(pids) == {"redis", "kafka", "mongo", "ingest", "coincidence", "notify",
-                             "beat", "flower"}
+        assert set(pids) == {"redis", "kafka", "mongo", "smtp", "ingest", "coincidence",
+                             "notify", "beat", "flower", "console"}
         listeners = {name: listening_sockets(pid) for name, pid in {**pids, "up": up.pid}.items()}
         for name, port in ports.items():  # the check sees the sockets we know of
             assert ("tcp", str(LOOPBACK), port) in listeners[name]
@@ -137,6 +142,7 @@ def test_everything_the_local_stack_starts_listens_on_loopback_only(tmp_path: Pa
 
         # Local mode on 127.0.0.1: Flower's API answers without a password.
         assert http_status(f"http://127.0.0.1:{ports['flower']}/api/workers") == 200
+        assert http_status(f"http://127.0.0.1:{ports['console']}/detectors") == 200
     finally:
         stop_group(up, timeout_s=60)  # `up` stops what it started, then exits
         state.close()

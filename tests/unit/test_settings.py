@@ -6,6 +6,7 @@ import pytest
 
 from snews_tasks.settings import (
     KNOWN_DETECTORS, Settings, SettingsError, describe_settings, load_settings,
+    require_console_auth,
     require_flower_auth,
 )
 
@@ -184,3 +185,18 @@ def test_readme_documents_every_setting_as_the_code_does() -> None:
     missing = [row for row in rows if row not in readme]
     assert not missing, ("README.md settings table is out of date; expected rows:\n"
                          + "\n".join(rows))
+
+
+def test_console_follows_flowers_rule_and_smtp_login_comes_in_pairs() -> None:
+    require_console_auth(load_settings("local", {}))
+    for mode, environ in (("production", {}), ("local", {"SNEWS_CONSOLE_ADDRESS": "0.0.0.0"})):
+        with pytest.raises(SettingsError, match="SNEWS_CONSOLE_BASIC_AUTH: required"):
+            require_console_auth(load_settings(mode, environ))
+    require_console_auth(load_settings("production", {"SNEWS_CONSOLE_BASIC_AUTH": "ops:pw"}))
+    with pytest.raises(SettingsError, match="SNEWS_SMTP_USER and SNEWS_SMTP_PASSWORD"):
+        load_settings("local", {"SNEWS_SMTP_USER": "snews"})
+    with pytest.raises(SettingsError) as raised:
+        load_settings("local", {"SNEWS_SMTP_TLS": "ssl3", "SNEWS_SMTP_PASSWORD": "hunter2"})
+    assert "SNEWS_SMTP_TLS (environment): 'ssl3' must be one of none, starttls, tls" in str(
+        raised.value)
+    assert "hunter2" not in str(raised.value)
