@@ -147,7 +147,23 @@ def slack_retry_after(error: BaseException) -> float | None:
 
 
 def slack_policy(settings: Settings) -> RetryPolicy:
-    """Slack down, slow or rate limiting (honouring Retry-After); API refusals are permanent."""
+    """Slack down, slow or rate limiting (honouring Retry-After); API refusals are permanent.
+    A localized revision's picture is read from MongoDB (GridFS): its outages are retried too."""
     return _policy(
-        settings, SLACK_RETRYABLE, check=is_transient_slack_error, retry_after=slack_retry_after
+        settings,
+        SLACK_RETRYABLE + MONGO_RETRYABLE,
+        check=is_transient_slack_error,
+        retry_after=slack_retry_after,
     )
+
+
+# --- Localization --------------------------------------------------------------------------------
+
+
+def localization_policy(
+    settings: Settings, broker_errors: tuple[type[BaseException], ...]
+) -> RetryPolicy:
+    """The localize task reads timing-tier messages and stores sky maps in MongoDB, then hands
+    its result to the writer through the Celery broker: an outage of either is retried. The
+    broker's errors are the caller's to name (the adapters know nothing of Celery)."""
+    return _policy(settings, MONGO_RETRYABLE + broker_errors)

@@ -37,6 +37,9 @@ class SkymapStore:
         self.bucket = gridfs.GridFSBucket(db, bucket_name=BUCKET)
         self.files = db[f"{BUCKET}.files"]
 
+    def close(self) -> None:
+        """Nothing to release: the database's client belongs to the archive, closed with it."""
+
     def ensure_indexes(self) -> None:
         self.files.create_index("filename", unique=True)
 

@@ -7,6 +7,11 @@ bursts of r - 1 others; counting the choices of detectors and of which one
 comes first gives the rate C(n, r) * r * f**r * T**(r - 1), valid while
 f * T << 1. Detectors online are those with an ON heartbeat within the online
 window, together with the coincidence's own members (which just sent data).
+
+Significance: `combined_p_value` is Fisher's combination of the members' p-values
+(`core.significance`), with its one-sided Gaussian `combined_significance_sigma`;
+members without a p-value are named in `combined_p_value_left_out`. `localization` is the
+sky-map summary the localize task attached (null until then; `core.alert_localization`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import math
 from collections.abc import Collection
 
 from .engine import TEST, AlertEvent
+from .significance import Combined, combine_p_values
 
 SCHEMA_VERSION = "1.0"
 SECONDS_PER_WEEK = 7 * 86400
@@ -30,6 +36,17 @@ def false_alarm_rate_per_year(
     f = false_bursts_per_week / SECONDS_PER_WEEK
     per_second = math.comb(n_online, r) * r * f**r * threshold_s ** (r - 1)
     return per_second * SECONDS_PER_YEAR
+
+
+def combined_reason(combined: Combined) -> str:
+    """How the combined p-value was found, as `false_alarm_rate_reason` says how the rate was."""
+    if combined.reason is not None:
+        return combined.reason
+    total = len(combined.used) + len(combined.left_out)
+    text = f"Fisher's method over {len(combined.used)} of {total} members' p-values"
+    if combined.left_out:
+        text += " (left out: " + ", ".join(f"{d}: {r}" for d, r in combined.left_out.items()) + ")"
+    return "; ".join((text, *combined.notes))
 
 
 def build_alert(
@@ -56,6 +73,7 @@ def build_alert(
         )
     else:
         far_reason = "withdrawn: fewer than two detectors remain"
+    combined = combine_p_values([m.p_val for m in c.members], detectors)
     return {
         "alert_id": c.alert_id,
         "revision": c.revision,
@@ -70,6 +88,12 @@ def build_alert(
         "false_alarm_rate_per_year": far,
         "false_alarm_rate_reason": far_reason,
         "detectors_online": len(online),
+        "combined_p_value": combined.combined_p_value,
+        "combined_significance_sigma": combined.combined_significance_sigma,
+        "combined_p_value_left_out": combined.left_out,
+        "combined_p_value_reason": combined_reason(combined),
+        "localization": c.localization,
+        "alert_kind": "coincidence",
         "is_test": c.namespace == TEST,
         "is_firedrill": any(m.is_firedrill for m in c.members),
         "is_canary": bool(c.members) and all(m.is_canary for m in c.members),

@@ -6,7 +6,9 @@ name tasks; they take the names from here, so a rename cannot leave one behind.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 
 class Queue(StrEnum):
@@ -16,6 +18,7 @@ class Queue(StrEnum):
     STORAGE = "storage"
     ALERTS = "alerts"
     SLACK = "slack"
+    LOCALIZATION = "localization"
 
 
 class TaskName(StrEnum):
@@ -31,6 +34,9 @@ class TaskName(StrEnum):
     POST_SLACK = "snews.slack.post_alert"
     CANARY_SEND = "snews.canary.send"
     CANARY_CHECK = "snews.canary.check"
+    LOCALIZE = "snews.localization.localize"
+    #: The localize task's result, applied by the writer; only tasks send it, never the ingest.
+    ATTACH_LOCALIZATION = "snews.coincidence.attach_localization"
 
 
 #: Task name prefix -> queue; the Celery routes are built from it.
@@ -40,6 +46,7 @@ ROUTES: dict[str, Queue] = {
     "snews.kafka.*": Queue.ALERTS,
     "snews.slack.*": Queue.SLACK,
     "snews.canary.*": Queue.STORAGE,
+    "snews.localization.*": Queue.LOCALIZATION,
 }
 
 
@@ -51,15 +58,43 @@ def queue_of(task: str) -> Queue:
     raise ValueError(f"task: {task!r} matches no route ({', '.join(ROUTES)})")
 
 
-#: Which tasks deliver each kind of outbox entry. Canary alerts skip Slack: the canary proves
-#: the path every few minutes, and people need not read that.
+#: Which tasks deliver each kind of outbox entry; `deliveries` leaves out those an entry does
+#: not need.
 DELIVERIES: dict[str, tuple[TaskName, ...]] = {
-    "alert": (TaskName.STORE_ALERT, TaskName.PUBLISH_ALERT, TaskName.POST_SLACK),
+    "alert": (
+        TaskName.STORE_ALERT,
+        TaskName.PUBLISH_ALERT,
+        TaskName.POST_SLACK,
+        TaskName.LOCALIZE,
+    ),
     "observation": (TaskName.STORE_OBSERVATIONS,),
     "reject": (TaskName.STORE_REJECT,),
 }
 #: Tasks that take a list of documents: one task carries a whole dispatch's entries.
 BATCHED = frozenset({TaskName.STORE_OBSERVATIONS})
+
+
+def needs_localization(alert: Mapping[str, Any]) -> bool:
+    """An alert revision is localized when it has two or more detectors and no localization
+    yet (one carried over from an earlier revision with the same members counts), and it is
+    neither withdrawn into another coincidence nor a canary's."""
+    return (
+        alert.get("localization") is None
+        and len(set(alert.get("detector_names") or ())) >= 2
+        and alert.get("merged_into") is None
+        and not alert.get("is_canary")
+    )
+
+
+def deliveries(kind: str, document: Mapping[str, Any]) -> list[TaskName]:
+    """The tasks that deliver one outbox entry. Canary alerts skip Slack: the canary proves the
+    path every few minutes, and people need not read that."""
+    return [
+        task
+        for task in DELIVERIES[kind]
+        if not (task is TaskName.POST_SLACK and document.get("is_canary"))
+        and not (task is TaskName.LOCALIZE and not needs_localization(document))
+    ]
 
 
 class FailureKind(StrEnum):
@@ -71,6 +106,7 @@ class FailureKind(StrEnum):
     OBSERVATION_STORE = "observation_store"
     REJECT_STORE = "reject_store"
     HEARTBEAT_STORE = "heartbeat_store"
+    ALERT_LOCALIZATION = "alert_localization"
 
     @property
     def redrive_task(self) -> TaskName:
@@ -89,4 +125,5 @@ _REDRIVE = {
     FailureKind.OBSERVATION_STORE: TaskName.STORE_OBSERVATION,
     FailureKind.REJECT_STORE: TaskName.STORE_REJECT,
     FailureKind.HEARTBEAT_STORE: TaskName.STORE_HEARTBEAT,
+    FailureKind.ALERT_LOCALIZATION: TaskName.LOCALIZE,
 }

@@ -5,6 +5,7 @@ Queues and what consumes them:
   storage      MongoDB archive (observations, alerts, rejects, detector status), the canary
   alerts       the Kafka alert topic
   slack        Slack posts
+  localization sky maps of coincidence revisions (workers/localize; scale out)
 
 The app is built without settings, so importing it needs no configuration;
 what depends on the deployment (broker URL, periodic schedule) is read from the
@@ -36,6 +37,7 @@ TASK_MODULES = [
     "snews_tasks.tasks.slack",
     "snews_tasks.tasks.canary",
     "snews_tasks.tasks.receipts",
+    "snews_tasks.tasks.localize",
 ]
 NOTIFICATION_QUEUES = tuple(q for q in Queue if q is not Queue.COINCIDENCE)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from kombu.exceptions import BatchPublishError, OperationalError
@@ -20,6 +21,7 @@ from .sender import CelerySender, queue_is_empty
 from .writer import REDIS_ERRORS, CoincidenceService, PublishFromWriter
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
 def service() -> CoincidenceService:
@@ -37,6 +39,7 @@ def service() -> CoincidenceService:
             slack_enabled=current.slack_token is not None,
             batch=sender.batch,
             publish_now=PublishFromWriter(alert_publisher),
+            localization_enabled=current.localization,
         )
 
     return resource("coincidence-service", build)
@@ -53,24 +56,37 @@ WAIT_FIRST_S = 0.5
 WAIT_MAX_S = 5.0
 
 
-@app.task(name=TaskName.PROCESS, acks_late=True, reject_on_worker_lost=True)
-def process(payloads: list) -> list[str]:
-    """A batch of observation messages (any JSON payloads; bad ones are rejected and recorded).
-    Anything but a list is taken as one message, so it is rejected and recorded too."""
-    batch = payloads if isinstance(payloads, list) else [payloads]
+def _waiting_out_outages(work: Callable[[], R]) -> R:
+    """Run `work` on the writer until the state and the broker let it through."""
     backoff = Backoff(WAIT_FIRST_S, WAIT_MAX_S)
     while True:
         try:
-            return service().handle_many(batch)
+            return work()
         except WAIT_ERRORS as error:
             wait_s = backoff.delay()
             log.warning(
-                "state or broker unreachable (%s: %s); trying the messages again in %.1f s",
+                "state or broker unreachable (%s: %s); trying again in %.1f s",
                 type(error).__name__,
                 error,
                 wait_s,
             )
             time.sleep(wait_s)
+
+
+@app.task(name=TaskName.PROCESS, acks_late=True, reject_on_worker_lost=True)
+def process(payloads: list) -> list[str]:
+    """A batch of observation messages (any JSON payloads; bad ones are rejected and recorded).
+    Anything but a list is taken as one message, so it is rejected and recorded too."""
+    batch = payloads if isinstance(payloads, list) else [payloads]
+    return _waiting_out_outages(lambda: service().handle_many(batch))
+
+
+@app.task(name=TaskName.ATTACH_LOCALIZATION, acks_late=True, reject_on_worker_lost=True)
+def attach_localization(result: dict) -> str:
+    """A localize task's result (`tasks.localize`): the coincidence's next revision carries
+    it, if its members are still those localized. Only the localize task sends this; the
+    ingest sends observation messages to `process` alone."""
+    return _waiting_out_outages(lambda: service().attach_localization(result))
 
 
 @app.task(name=TaskName.EXPIRE, bind=True, max_retries=None)

@@ -1,4 +1,5 @@
-"""The storage queue: every observation, alert, reject and heartbeat archived in MongoDB.
+"""The storage queue: every observation, alert, reject and heartbeat archived in MongoDB; each
+significance-tier message also combined with the others near it (`core.significance_tier`).
 
 Writes are idempotent (`adapters.archive`), so a redelivered or retried task
 changes nothing. A heartbeat also updates the detector's latest status in the
@@ -7,12 +8,14 @@ state Redis, which the false-alarm rate reads; an outage of either is retried.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from ..adapters.archive import Archive, open_archive
 from ..adapters.detector_status import DetectorStatus
 from ..adapters.retry_policies import heartbeat_policy, mongo_policy
+from ..core import significance_tier
 from ..core.backoff import RetryPolicy
 from ..core.documents import alert_key, require_str
 from ..core.routing import FailureKind, TaskName
@@ -21,6 +24,7 @@ from ..settings import Settings
 from .app import app
 from .base import DeliveryTask
 from .context import resource, settings, state_redis
+from .sender import CelerySender
 
 
 def _record_heartbeat(archive: Archive, heartbeat: Mapping[str, Any]) -> bool:
@@ -31,6 +35,39 @@ def _record_heartbeat(archive: Archive, heartbeat: Mapping[str, Any]) -> bool:
     DetectorStatus(state_redis()).record(detector, status, seen_ns)
     archive.update_detector_status(heartbeat)
     return archive.store_observation(heartbeat)
+
+
+def _archive_observation(archive: Archive, observation: Mapping[str, Any]) -> bool:
+    """Any tier; a significance-tier message is also combined with its neighbours in time."""
+    new = archive.store_observation(observation)
+    if observation.get("tier") == significance_tier.TIER:
+        _combine_significance(archive, observation)
+    return new
+
+
+def _combine_significance(archive: Archive, message: Mapping[str, Any]) -> None:
+    """Archive the bin-by-bin combination this message takes part in; above the configured
+    threshold, raise its alert (`core.significance_tier`: the shape and where it goes)."""
+    current = settings()
+    window = significance_tier.window_ns(message, current.significance_window_s)
+    others = (
+        []
+        if window is None
+        else archive.significance_messages(bool(message.get("is_test")), *window)
+    )
+    stored = archive.store_significance(
+        significance_tier.combination(
+            message,
+            others,
+            threshold_sigma=current.significance_alert_sigma,
+            now_ns=time.time_ns(),
+        )
+    )
+    alert = significance_tier.significance_alert(stored, server_tag=current.server_tag)
+    if alert is not None:
+        send = CelerySender()
+        for task in (TaskName.STORE_ALERT, TaskName.PUBLISH_ALERT, TaskName.POST_SLACK):
+            send(task, alert, {})
 
 
 class _Kind(NamedTuple):
@@ -48,7 +85,7 @@ def _key_field(field: str, what: str) -> Callable[[Mapping[str, Any]], str]:
 
 KINDS: dict[str, _Kind] = {
     "observation": _Kind(
-        Archive.store_observation,
+        _archive_observation,
         _key_field("uuid", "observation"),
         FailureKind.OBSERVATION_STORE,
         mongo_policy,
@@ -81,7 +118,8 @@ def store_document(archive: Archive, kind: str, document: Mapping[str, Any]) -> 
     return kind_of(kind).write(archive, document)
 
 
-def _archive() -> Archive:
+def archive() -> Archive:
+    """The process's archive, opened once (also the sky-map store's database)."""
     return resource("archive", lambda: open_archive(settings()))
 
 
@@ -91,7 +129,7 @@ def _store(task: DeliveryTask, kind: str, document: Mapping[str, Any]) -> bool:
         kind=spec.failure,
         records={spec.key(document): document},
         policy=spec.policy(settings()),
-        attempt=lambda: spec.write(_archive(), document),
+        attempt=lambda: spec.write(archive(), document),
     )
 
 
@@ -110,7 +148,7 @@ def store_observations(self: DeliveryTask, documents: list) -> int:
         kind=spec.failure,
         records={spec.key(d): d for d in documents},
         policy=mongo_policy(settings()),
-        attempt=lambda: _archive().store_observations(documents),
+        attempt=lambda: archive().store_observations(documents),
     )
 
 
