@@ -243,7 +243,7 @@ class Settings(BaseSettings):
     public_base_url: Annotated[str, AfterValidator(_public_base_url)] = Field(
         "http://127.0.0.1:8000",
         description="base URL of the web console; alerts link each sky map as "
-        "<base URL>/skymaps/<name>",
+        "{this URL}/skymaps/{file name}",
     )
     significance_window_s: PositiveFloat = Field(
         3600.0,

@@ -25,6 +25,7 @@ from slack_sdk.errors import SlackApiError
 
 from ..core.backoff import RetryPolicy
 from ..settings import Settings
+from .skymap_store import NotStored
 
 # --- MongoDB -----------------------------------------------------------------------------------
 
@@ -148,10 +149,11 @@ def slack_retry_after(error: BaseException) -> float | None:
 
 def slack_policy(settings: Settings) -> RetryPolicy:
     """Slack down, slow or rate limiting (honouring Retry-After); API refusals are permanent.
-    A localized revision's picture is read from MongoDB (GridFS): its outages are retried too."""
+    A localized revision's picture is read from MongoDB (GridFS): its outages, and a picture
+    not stored yet, are retried too."""
     return _policy(
         settings,
-        SLACK_RETRYABLE + MONGO_RETRYABLE,
+        (*SLACK_RETRYABLE, *MONGO_RETRYABLE, NotStored),
         check=is_transient_slack_error,
         retry_after=slack_retry_after,
     )

@@ -129,15 +129,24 @@ class Result:
     outcome: Localization | Refusal
     sharpened: Mapping[str, str]
 
+    def map_file(self) -> tuple[str, bytes] | None:
+        """The FITS map and its name; None for a refusal."""
+        if not isinstance(self.outcome, Localization):
+            return None
+        request = self.request
+        return request.skymap, fits_bytes(self.outcome, request.alert_id, request.revision)
+
+    def picture_file(self) -> tuple[str, bytes] | None:
+        """The PNG picture and its name; None for a refusal. It takes most of a localization's
+        time (matplotlib), so the localize task renders it after sending the result."""
+        if not isinstance(self.outcome, Localization):
+            return None
+        request = self.request
+        return request.picture, png_bytes(self.outcome, request.alert_id, request.revision)
+
     def files(self) -> dict[str, bytes]:
         """The FITS map and its PNG picture, by file name; none for a refusal."""
-        if not isinstance(self.outcome, Localization):
-            return {}
-        request = self.request
-        return {
-            request.skymap: fits_bytes(self.outcome, request.alert_id, request.revision),
-            request.picture: png_bytes(self.outcome, request.alert_id, request.revision),
-        }
+        return dict(f for f in (self.map_file(), self.picture_file()) if f is not None)
 
     def summary(self, url_of: Callable[[str], str]) -> dict[str, Any]:
         """The alert's `localization` object; `url_of` turns a file name into its URL."""

@@ -12,7 +12,7 @@ what depends on the deployment (broker URL, periodic schedule) is read from the
 process's settings the first time Celery reads its configuration.
 
 A worker started without `-Q` (the bare `celery -A snews_tasks worker`) serves
-the notification queues only: the coincidence queue is consumed by one process,
+the notification and localization queues only: the coincidence queue is consumed by one process,
 started as `workers/coincidence` does.
 """
 

@@ -20,6 +20,9 @@ from .storage import archive
 
 #: Posted (alert_id, revision) pairs are remembered this long, so a redelivered task posts nothing.
 POSTED_TTL_S = 7 * 86400
+#: The localize task stores a picture a second or so after the revision naming it is sent;
+#: past this the attempt fails (retried: `NotStored` is retryable) and the post waits no more.
+PICTURE_WAIT_S = 10.0
 
 
 def slack_poster() -> SlackPoster | None:
@@ -45,9 +48,7 @@ def _post_and_upload(poster: SlackPoster, alert: Mapping[str, Any], key: str) ->
         posted = Posted(*json.loads(remembered))
     picture = picture_of(alert)
     if picture is not None and not redis_client.exists(KEYS.slack_picture(key)):
-        data = SkymapStore(archive().db).get(picture)
-        if data is None:
-            raise LookupError(f"alert {key}: sky-map picture {picture} is not in the store")
+        data = SkymapStore(archive().db).wait_for(picture, PICTURE_WAIT_S)
         poster.upload_picture(posted, picture, data, f"SNEWS alert {key} sky map")
         redis_client.set(KEYS.slack_picture(key), picture, ex=POSTED_TTL_S)
     return posted
