@@ -1,5 +1,5 @@
-"""The coincidence queue: the single serial writer of the coincidence state (`writer`),
-its periodic expiry and its outbox sweep."""
+"""The coincidence queue: the single serial writer of the coincidence state (`writer`), the
+localization results it commits as revisions, its periodic expiry and its outbox sweep."""
 
 from __future__ import annotations
 
