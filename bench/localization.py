@@ -5,7 +5,7 @@ sites file (times from the plane-wave model with each site's stated noise), then
 median of several runs of `localize` at the given nside, of `png_bytes` and of `fits_bytes`.
 The first call, which loads astropy's IERS table, is timed apart.
 
-    .venv/bin/python bench/localization.py [--nside 64] [--runs 15]
+    .venv/bin/python bench/localization.py [--nside 64] [--runs 15] [--picture PATH]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -57,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nside", type=int, default=DEFAULT_NSIDE, help="HEALPix resolution")
     parser.add_argument("--runs", type=int, default=15, help="timed runs per figure (median)")
+    parser.add_argument("--picture", type=Path, help="write the 5-detector burst's PNG here")
     options = parser.parse_args()
 
     sites = load_sites()
@@ -74,6 +76,11 @@ def main() -> None:
             f"localize, {label:>12}, nside {options.nside}: {elapsed:7.1f} ms  "
             f"(90% area {result.area_90_deg2:,.0f} deg²)"
         )
+    if options.picture is not None:
+        example = localize(five, sites, options.nside)
+        assert isinstance(example, Localization), example
+        options.picture.write_bytes(png_bytes(example, "BENCH-5", 1))
+        print(f"picture of the 5-detector burst: {options.picture}")
     result = localize(twenty, sites, options.nside)
     assert isinstance(result, Localization)
     png_ms = median_ms(lambda: png_bytes(result, "BENCH-1", 1), max(3, options.runs // 3))

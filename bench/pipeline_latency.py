@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import Consumer
@@ -59,8 +60,11 @@ def subscriber(kafka: localstack.Service, topic: str) -> Consumer:
     return consumer
 
 
-def receive_alert_with(consumer: Consumer, observation_uuid: str) -> tuple[dict, int, int]:
-    """The alert naming `observation_uuid`, its record's CreateTime (ms), its arrival (ns)."""
+def receive_alert_with(consumer: Consumer, observation_uuid: str,
+                       accept: Callable[[dict], bool] = lambda alert: True
+                       ) -> tuple[dict, int, int]:
+    """The alert naming `observation_uuid` (and that `accept` takes), its record's CreateTime
+    (ms), its arrival (ns)."""
     deadline = time.monotonic() + RECEIVE_TIMEOUT_S
     while time.monotonic() < deadline:
         record = consumer.poll(0.5)
@@ -68,7 +72,7 @@ def receive_alert_with(consumer: Consumer, observation_uuid: str) -> tuple[dict,
             continue
         arrived_ns = time.time_ns()
         alert = json.loads(record.value())
-        if observation_uuid in alert["observation_uuids"]:
+        if observation_uuid in alert["observation_uuids"] and accept(alert):
             return alert, record.timestamp()[1], arrived_ns
     raise RuntimeError(f"no alert naming {observation_uuid} within {RECEIVE_TIMEOUT_S} s")
 
@@ -94,13 +98,23 @@ def nearest_rank(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[max(0, math.ceil(fraction * len(sorted_values)) - 1)]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def runs_parser(doc: str) -> argparse.ArgumentParser:
+    """The latency benches' options: measured and uncounted runs."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="measured runs (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="uncounted runs first (default 2)")
+    return parser
+
+
+def parse_runs(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main() -> int:
+    args = parse_runs(runs_parser(__doc__))
 
     services: list[localstack.Service] = []
     try:

@@ -130,6 +130,26 @@ def _unset_if_empty(value: object) -> object:
 
 
 OptionalText = Annotated[str | None, BeforeValidator(_unset_if_empty)]
+
+
+def _nside(value: int) -> int:
+    if not (1 <= value <= 1024 and value & (value - 1) == 0):
+        raise ValueError("must be a power of 2 from 1 to 1024")
+    return value
+
+
+def _existing_file(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError("must be the path of an existing file")
+    return value
+
+
+def _public_base_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Text = Annotated[str, Field(min_length=1)]
@@ -277,6 +297,39 @@ class Settings(BaseSettings):
             )
         return self
 
+    localization: bool = Field(
+        True,
+        description="localize each coincidence revision on the localization queue "
+        "(workers/localize); false: alerts carry no sky map",
+    )
+    detector_sites_file: Annotated[
+        Path | None, BeforeValidator(_unset_if_empty), AfterValidator(_existing_file)
+    ] = Field(
+        None,
+        description="JSON file of detector sites and timing errors replacing the shipped "
+        "snews_tasks/data/detector_sites.json",
+    )
+    skymap_nside: Annotated[int, AfterValidator(_nside)] = Field(
+        64, description="HEALPix resolution of the sky maps (a power of 2, 1 to 1024)"
+    )
+    public_base_url: Annotated[str, AfterValidator(_public_base_url)] = Field(
+        "http://127.0.0.1:5580",
+        description="base URL of the web console; alerts link each sky map as "
+        "{this URL}/skymaps/{file name}",
+    )
+    significance_window_s: PositiveFloat = Field(
+        3600.0,
+        description="significance-tier messages anchored this close to a new one are "
+        "combined with it bin by bin",
+    )
+    significance_alert_sigma: Annotated[PositiveFloat | None, BeforeValidator(_unset_if_empty)] = (
+        Field(
+            None,
+            description="a significance-tier combination at least this many sigma raises an "
+            "alert; unset (the default): never",
+        )
+    )
+
     @model_validator(mode="after")
     def _backoff_cap(self) -> Settings:
         if self.retry_backoff_max_s < self.retry_backoff_s:
@@ -377,6 +430,7 @@ _PROBLEMS = {
     "int_from_float": "is not an integer",
     "string_too_short": "must not be empty",
     "literal_error": f"must be one of {', '.join(MODES)}",
+    "bool_parsing": "is not true or false",
 }
 
 

@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson.codec_options import CodecOptions
-from pymongo import ASCENDING, MongoClient, UpdateOne
+from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ..core.documents import require_revision, require_str
+from ..core.times import format_time_ns
 from ..settings import Settings
 
 OBSERVATIONS = "observations"
@@ -30,6 +31,9 @@ DETECTOR_STATUS = "detector_status"
 FAILED_NOTIFICATIONS = "failed_notifications"
 HEARTBEAT_EVENTS = "heartbeat_events"
 HEARTBEAT_TIER = "Heartbeat"
+#: Significance-tier combinations, one per message (`core.significance_tier`); the console
+#: and `status` read them.
+SIGNIFICANCE = "significance"
 DUPLICATE_KEY = 11000  # MongoDB's error code
 
 #: A hung server must not hold a worker forever; MongoDB answers these writes in milliseconds.
@@ -40,8 +44,14 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
         ([("detector_name", ASCENDING), ("neutrino_time_utc", ASCENDING)], False),
         # A detector's heartbeats over a time range: feedback summaries, the console's timeline.
         ([("tier", ASCENDING), ("detector_name", ASCENDING), ("sent_time_utc", ASCENDING)], False),
+        # Significance-tier messages in a time window, to combine across detectors.
+        ([("tier", ASCENDING), ("machine_time_utc", ASCENDING)], False),
     ],
     HEARTBEAT_EVENTS: [([("event_id", ASCENDING)], True), ([("time_utc", ASCENDING)], False)],
+    SIGNIFICANCE: [
+        ([("trigger_uuid", ASCENDING)], True),
+        ([("computed_time_utc", ASCENDING)], False),
+    ],
     ALERTS: [
         ([("alert_id", ASCENDING), ("revision", ASCENDING)], True),
         ([("sent_time_utc", ASCENDING)], False),  # the console's latest alerts
@@ -99,6 +109,7 @@ class Archive:
         self.detector_status: Collection = self.db[DETECTOR_STATUS]
         self.failed_notifications: Collection = self.db[FAILED_NOTIFICATIONS]
         self.heartbeat_events: Collection = self.db[HEARTBEAT_EVENTS]
+        self.significance: Collection = self.db[SIGNIFICANCE]
 
     def ensure_indexes(self) -> None:
         """Create the unique keys that make every write idempotent (no-op when they exist)."""
@@ -148,6 +159,57 @@ class Archive:
             if any(e.get("code") != DUPLICATE_KEY for e in error.details.get("writeErrors", ())):
                 raise
             return int(error.details.get("nUpserted", 0))
+
+    def timing_tier_messages(
+        self, detector: str, is_test: bool, lo_ns: int, hi_ns: int
+    ) -> list[dict[str, Any]]:
+        """The detector's archived timing-tier messages with a neutrino time in [lo, hi]
+        (times are stored in one sortable text form, so the range is a text range)."""
+        return list(
+            self.observations.find(
+                {
+                    "tier": "TimingTier",
+                    "detector_name": detector,
+                    "is_test": is_test,
+                    "neutrino_time_utc": {
+                        "$gte": format_time_ns(lo_ns),
+                        "$lte": format_time_ns(hi_ns),
+                    },
+                },
+                {"_id": False},
+            )
+        )
+
+    def significance_messages(self, is_test: bool, lo_ns: int, hi_ns: int) -> list[dict[str, Any]]:
+        """Archived significance-tier messages anchored (machine_time_utc) in [lo, hi]."""
+        return list(
+            self.observations.find(
+                {
+                    "tier": "SignificanceTier",
+                    "is_test": is_test,
+                    "machine_time_utc": {
+                        "$gte": format_time_ns(lo_ns),
+                        "$lte": format_time_ns(hi_ns),
+                    },
+                },
+                {"_id": False},
+            )
+        )
+
+    def store_significance(self, combination: Mapping[str, Any]) -> dict[str, Any]:
+        """Archive a message's combination once; returns the archived one (a redelivery gets
+        the first, so what follows from it is the same every time)."""
+        key = {"trigger_uuid": require_str(combination, "trigger_uuid", "significance")}
+        self._insert_once(self.significance, key, combination)
+        stored: dict[str, Any] = self.significance.find_one(key, {"_id": False}) or {}
+        return stored
+
+    def latest_significance(self) -> dict[str, Any] | None:
+        """The most recently computed combination, for `status` and the console."""
+        found: dict[str, Any] | None = self.significance.find_one(
+            {}, {"_id": False}, sort=[("computed_time_utc", DESCENDING)]
+        )
+        return found
 
     def store_alert(self, alert: Mapping[str, Any]) -> bool:
         """Archive one alert revision; True when new, False for a redelivery."""

@@ -17,7 +17,9 @@ State Redis (P = prefix, "snews"; N = namespace, live or test):
   P:canary:sent         JSON {"time", "uuids"} of the latest canary
   P:canary:pending      hash "uuid,uuid" -> send time of canaries not seen back yet
   P:canary:last_ok      unix time of the latest check that found a canary's alert
-  P:slack:posted:KEY    a posted alert revision (KEY = alert_id:revision), for a week
+  P:slack:posted:KEY    a posted alert revision (KEY = alert_id:revision): [channel id, ts],
+                        for a week
+  P:slack:picture:KEY   its sky-map picture was uploaded into the post's thread, for a week
   P:failed              hash "kind:key" -> failure record, while MongoDB cannot hold it
   P:writer:lease        the token of the coincidence worker that may commit (expires)
   P:writers             hash token -> {"role", "seen"}: the coincidence workers, for status
@@ -84,6 +86,9 @@ class Keys:
 
     def slack_posted(self, alert_key: str) -> str:
         return self._key("slack", "posted", alert_key)
+
+    def slack_picture(self, alert_key: str) -> str:
+        return self._key("slack", "picture", alert_key)
 
     @property
     def failed(self) -> str:

@@ -27,6 +27,7 @@ from slack_sdk.errors import SlackApiError
 
 from ..core.backoff import RetryPolicy
 from ..settings import Settings
+from .skymap_store import NotStored
 
 # --- MongoDB -----------------------------------------------------------------------------------
 
@@ -149,9 +150,14 @@ def slack_retry_after(error: BaseException) -> float | None:
 
 
 def slack_policy(settings: Settings) -> RetryPolicy:
-    """Slack down, slow or rate limiting (honouring Retry-After); API refusals are permanent."""
+    """Slack down, slow or rate limiting (honouring Retry-After); API refusals are permanent.
+    A localized revision's picture is read from MongoDB (GridFS): its outages, and a picture
+    not stored yet, are retried too."""
     return _policy(
-        settings, SLACK_RETRYABLE, check=is_transient_slack_error, retry_after=slack_retry_after
+        settings,
+        (*SLACK_RETRYABLE, *MONGO_RETRYABLE, NotStored),
+        check=is_transient_slack_error,
+        retry_after=slack_retry_after,
     )
 
 
@@ -178,3 +184,15 @@ def is_transient_smtp_error(error: BaseException) -> bool:
 def mail_policy(settings: Settings) -> RetryPolicy:
     """The SMTP server down or busy: mail waits (and ends in a failure record to re-drive)."""
     return _policy(settings, SMTP_RETRYABLE, check=is_transient_smtp_error)
+
+
+# --- Localization --------------------------------------------------------------------------------
+
+
+def localization_policy(
+    settings: Settings, broker_errors: tuple[type[BaseException], ...]
+) -> RetryPolicy:
+    """The localize task reads timing-tier messages and stores sky maps in MongoDB, then hands
+    its result to the writer through the Celery broker: an outage of either is retried. The
+    broker's errors are the caller's to name (the adapters know nothing of Celery)."""
+    return _policy(settings, MONGO_RETRYABLE + broker_errors)

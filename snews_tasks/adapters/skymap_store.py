@@ -10,6 +10,7 @@ console serves and the GCN notice gives as `healpix_url`.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,11 @@ from pymongo.database import Database
 BUCKET = "skymaps"
 NAME = re.compile(r"[A-Za-z0-9._-]+-\d+\.(fits|png)")
 CONTENT_TYPES = {"fits": "application/fits", "png": "image/png"}
+
+
+class NotStored(LookupError):
+    """A file that should be there is not (yet): the localize task stores a map's picture just
+    after it sends the revision that names it."""
 
 
 def check_name(name: str) -> str:
@@ -37,6 +43,9 @@ class SkymapStore:
         self.bucket = gridfs.GridFSBucket(db, bucket_name=BUCKET)
         self.files = db[f"{BUCKET}.files"]
 
+    def close(self) -> None:
+        """Nothing to release: the database's client belongs to the archive, closed with it."""
+
     def ensure_indexes(self) -> None:
         self.files.create_index("filename", unique=True)
 
@@ -50,6 +59,15 @@ class SkymapStore:
             name, data, metadata={**(meta or {}), "content_type": content_type}
         )
         return True
+
+    def wait_for(self, name: str, timeout_s: float, poll_s: float = 0.1) -> bytes:
+        """The file's bytes once it is stored; NotStored if it is not within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while (data := self.get(name)) is None:
+            if time.monotonic() >= deadline:
+                raise NotStored(f"sky-map file {name} is not stored after {timeout_s:g} s")
+            time.sleep(poll_s)
+        return data
 
     def get(self, name: str) -> bytes | None:
         """The file's bytes, or None when there is none of that name."""

@@ -1,4 +1,5 @@
-"""Slack: alerts posted to a channel with slack_sdk's Web API client.
+"""Slack: alerts posted to a channel with slack_sdk's Web API client, and the sky-map picture of
+a localized revision uploaded into the post's thread with `files_upload_v2`.
 
 Retryable errors (HTTP 429 and 5xx, connection errors, timeouts) are named by
 `retry_policies.slack_policy`, which honours Retry-After; an ``ok: false``
@@ -11,7 +12,7 @@ message let readers tell, and the Slack task remembers what it posted.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from slack_sdk import WebClient
 
@@ -20,6 +21,13 @@ from ..settings import Settings
 
 # An alert post that takes longer has probably failed; the retry policy takes it from there.
 REQUEST_TIMEOUT_S = 10
+
+
+class Posted(NamedTuple):
+    """Where a post went: the channel's id (uploads need it, not the name) and the message."""
+
+    channel: str
+    ts: str
 
 
 class SlackPoster:
@@ -40,13 +48,25 @@ class SlackPoster:
             token=token, base_url=base_url, timeout=timeout_s, retry_handlers=[]
         )
 
-    def post(self, alert: Mapping[str, Any]) -> str:
-        """Post one alert; returns the message timestamp (Slack's message id)."""
+    def post(self, alert: Mapping[str, Any]) -> Posted:
+        """Post one alert; returns its channel id and timestamp (Slack's message id)."""
         text, blocks = slack_blocks(alert)
         response = self._client.chat_postMessage(
             channel=self.channel, text=text, blocks=blocks, unfurl_links=False, unfurl_media=False
         )
-        return str(response["ts"])
+        return Posted(str(response["channel"]), str(response["ts"]))
+
+    def upload_picture(self, posted: Posted, filename: str, data: bytes, title: str) -> str:
+        """Upload a PNG into the thread of a post; returns the file's id."""
+        response = self._client.files_upload_v2(
+            channel=posted.channel,
+            thread_ts=posted.ts,
+            file=data,
+            filename=filename,
+            title=title,
+            alt_txt=title,
+        )
+        return str(response["file"]["id"])
 
     def post_text(self, channel: str, text: str) -> str:
         """Post plain text to another channel (operations notices); returns its timestamp."""

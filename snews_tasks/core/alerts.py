@@ -8,6 +8,11 @@ comes first gives the rate C(n, r) * r * f**r * T**(r - 1), valid while
 f * T << 1. Detectors online are those with an ON heartbeat within the online
 window, together with the coincidence's own members (which just sent data).
 
+Significance: `combined_p_value` is Fisher's combination of the members' p-values
+(`core.significance`), with its one-sided Gaussian `combined_significance_sigma`;
+members without a p-value are named in `combined_p_value_left_out`. `localization` is the
+sky-map summary the localize task attached (null until then; `core.alert_localization`).
+
 `Alert` is the published schema: `build_alert` validates what it builds against it, and a
 module that receives an alert can check it with ``Alert.model_validate``. Fields it does not
 know (additions such as a combined significance) are kept, so the schema does not stand in
@@ -22,6 +27,7 @@ from collections.abc import Collection
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .engine import NEW, RETRACTION, TEST, UPDATE, AlertEvent
+from .significance import Combined, combine_p_values
 
 SCHEMA_VERSION = "1.0"
 SECONDS_PER_WEEK = 7 * 86400
@@ -72,6 +78,23 @@ class Alert(BaseModel):
     detectors_online: int = Field(
         ge=0, description="detectors taken as online: recent ON heartbeat or a member"
     )
+    combined_p_value: float | None = Field(
+        ge=0, le=1, description="Fisher's combination of the members' p-values"
+    )
+    combined_significance_sigma: float | None = Field(
+        description="the combined p-value as a one-sided Gaussian significance"
+    )
+    combined_p_value_left_out: dict[str, str] = Field(
+        description="members left out of the combination, and why"
+    )
+    combined_p_value_reason: str = Field(description="how the combined p-value was found")
+    localization: dict[str, object] | None = Field(
+        description="the sky-map summary, once the localize task has attached it"
+    )
+    alert_kind: str = Field(
+        pattern="^(coincidence|significance)$",
+        description="a coincidence of detectors, or a combined significance-tier excess",
+    )
     is_test: bool = Field(description="built from test messages: never a real alert")
     is_firedrill: bool = Field(description="a member was sent as a fire drill")
     is_canary: bool = Field(description="every member is a canary: a pipeline self-check")
@@ -88,6 +111,17 @@ class Alert(BaseModel):
                     f"detector_names {len(self.detector_names)}: one each per member"
                 )
         return self
+
+
+def combined_reason(combined: Combined) -> str:
+    """How the combined p-value was found, as `false_alarm_rate_reason` says how the rate was."""
+    if combined.reason is not None:
+        return combined.reason
+    total = len(combined.used) + len(combined.left_out)
+    text = f"Fisher's method over {len(combined.used)} of {total} members' p-values"
+    if combined.left_out:
+        text += " (left out: " + ", ".join(f"{d}: {r}" for d, r in combined.left_out.items()) + ")"
+    return "; ".join((text, *combined.notes))
 
 
 def build_alert(
@@ -114,6 +148,7 @@ def build_alert(
         )
     else:
         far_reason = "withdrawn: fewer than two detectors remain"
+    combined = combine_p_values([m.p_val for m in c.members], detectors)
     alert = Alert(
         alert_id=c.alert_id,
         revision=c.revision,
@@ -128,6 +163,12 @@ def build_alert(
         false_alarm_rate_per_year=far,
         false_alarm_rate_reason=far_reason,
         detectors_online=len(online),
+        combined_p_value=combined.combined_p_value,
+        combined_significance_sigma=combined.combined_significance_sigma,
+        combined_p_value_left_out=combined.left_out,
+        combined_p_value_reason=combined_reason(combined),
+        localization=c.localization,
+        alert_kind="coincidence",
         is_test=c.namespace == TEST,
         is_firedrill=any(m.is_firedrill for m in c.members),
         is_canary=bool(c.members) and all(m.is_canary for m in c.members),

@@ -80,15 +80,30 @@ def _order(obs: Observation) -> tuple[int, str, str]:
     return (obs.t_ns, obs.detector, obs.uuid)
 
 
+#: What a localization depends on: each member's detector and neutrino time, in time order.
+MembersKey = tuple[tuple[int, str], ...]
+
+
+def members_key(times_and_detectors: Iterable[tuple[int, str]]) -> MembersKey:
+    """The key of a member set for localization; a p-value change keeps it."""
+    return tuple(sorted(times_and_detectors))
+
+
 @dataclass(frozen=True, slots=True)
 class Coincidence:
-    """A sublist with two or more detectors, under a stable id."""
+    """A sublist with two or more detectors, under a stable id.
+
+    `localization` is the alert's localization summary, once the localize task's result was
+    attached; it is carried to later revisions while the members' detectors and times stay
+    the same, and dropped when they change (the new members are localized anew).
+    """
 
     alert_id: str
     namespace: str
     revision: int
     members: tuple[Observation, ...]
     created: int  # creation order: the older id survives a merge
+    localization: dict | None = field(default=None, hash=False)
 
     @property
     def start_ns(self) -> int:
@@ -102,6 +117,21 @@ class Coincidence:
     def content(self) -> frozenset[tuple[str, int, float | None]]:
         return frozenset(m.content for m in self.members)
 
+    @property
+    def key(self) -> MembersKey:
+        return members_key((m.t_ns, m.detector) for m in self.members)
+
+    def with_members(self, members: tuple[Observation, ...], *, revision: int = 0) -> Coincidence:
+        """This coincidence with other members (and a revision, if given): its localization
+        only while the key holds."""
+        same = members_key((m.t_ns, m.detector) for m in members) == self.key
+        return replace(
+            self,
+            members=members,
+            revision=revision or self.revision,
+            localization=self.localization if same else None,
+        )
+
     def to_dict(self) -> dict:
         return {
             "alert_id": self.alert_id,
@@ -109,12 +139,20 @@ class Coincidence:
             "revision": self.revision,
             "members": [m.to_dict() for m in self.members],
             "created": self.created,
+            "localization": self.localization,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> Coincidence:
         members = tuple(Observation.from_dict(m) for m in data["members"])
-        return cls(data["alert_id"], data["namespace"], data["revision"], members, data["created"])
+        return cls(
+            data["alert_id"],
+            data["namespace"],
+            data["revision"],
+            members,
+            data["created"],
+            data.get("localization"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +175,8 @@ class Outcome(StrEnum):
     MATCHED_NOTHING = "retraction matched nothing"
     EXPIRED = "expired"
     LOADED = "loaded"  # a store's state read back, not a message
+    LOCALIZED = "localized"
+    LOCALIZATION_DROPPED = "localization dropped: the members have changed since"
 
 
 @dataclass
@@ -344,6 +384,35 @@ class CoincidenceEngine:
         )
         return changes
 
+    def attach_localization(
+        self,
+        view: StateView,
+        namespace: str,
+        *,
+        alert_id: str,
+        key: MembersKey,
+        localization: dict,
+        reason: str,
+    ) -> Changes:
+        """The localize task's result for the members `key` of coincidence `alert_id`: its next
+        revision (an UPDATE) carries it, unless the members have changed since or the
+        coincidence has a localization already (then a newer revision is localized, or was)."""
+        start = key[0][0] if key else 0
+        current = next(
+            (
+                c
+                for c in view.coincidences_starting_between(namespace, start, start)
+                if c.alert_id == alert_id
+            ),
+            None,
+        )
+        if current is None or current.key != key or current.localization is not None:
+            return Changes(Outcome.LOCALIZATION_DROPPED)
+        c = replace(current, revision=current.revision + 1, localization=localization)
+        return Changes(
+            Outcome.LOCALIZED, put_coincidences=[c], events=[AlertEvent(UPDATE, c, reason)]
+        )
+
     # -- the rules ----------------------------------------------------------------------------
 
     def _remove(
@@ -459,9 +528,9 @@ class CoincidenceEngine:
                 continue
             content_changed = previous.content != frozenset(m.content for m in members)
             if silent or not content_changed:
-                changes.put_coincidences.append(replace(previous, members=members))
+                changes.put_coincidences.append(previous.with_members(members))
                 continue
-            c = replace(previous, members=members, revision=previous.revision + 1)
+            c = previous.with_members(members, revision=previous.revision + 1)
             changes.put_coincidences.append(c)
             lost = previous.uuids - new_keys[i]
             if lost & retracted:
@@ -474,7 +543,7 @@ class CoincidenceEngine:
             if silent:
                 continue
             survivors = tuple(sorted((cached[u] for u in c.uuids if u in cached), key=_order))
-            withdrawn = replace(c, members=survivors, revision=c.revision + 1)
+            withdrawn = c.with_members(survivors, revision=c.revision + 1)
             merged_into = next(
                 (
                     match[i].alert_id

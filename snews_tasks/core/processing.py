@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..settings import Settings
 from .alerts import build_alert
 from .engine import Changes, CoincidenceEngine, NewId, StateView, namespace_of
+from .localization_request import parse_attach_payload, reason_of
 from .messages import Message, MessageError, Tier, check_freshness, parse_message
 from .payloads import decode_payload
 from .times import NS_PER_S, format_time_ns
@@ -22,9 +23,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    """What one message did: the state changes to commit and the alerts to send."""
+    """What one message (or a localization result: no message) did: the state changes to
+    commit and the alerts to send."""
 
-    message: Message
+    message: Message | None
     namespace: str
     changes: Changes
     alerts: list[dict] = field(default_factory=list)
@@ -78,8 +80,14 @@ class Processor:
             changes = self.engine.retract(view, message, seq=seq, new_id=new_id, now_ns=now_ns)
         else:
             raise ValueError(f"{message.tier} messages do not enter the coincidence cache")
+        return Outcome(message, namespace, changes, self.alerts(changes, now_ns, heartbeat_online))
+
+    def alerts(
+        self, changes: Changes, now_ns: int, heartbeat_online: Collection[str]
+    ) -> list[dict]:
+        """The alert documents of a step's events."""
         sent = format_time_ns(now_ns)
-        alerts = [
+        return [
             build_alert(
                 event,
                 server_tag=self.settings.server_tag,
@@ -90,7 +98,24 @@ class Processor:
             )
             for event in changes.events
         ]
-        return Outcome(message, namespace, changes, alerts)
+
+    def attach_localization(
+        self, view: StateView, payload: object, *, now_ns: int, heartbeat_online: Collection[str]
+    ) -> Outcome:
+        """A localize task's result: the coincidence's next revision carries it, if its
+        members are still those localized (`CoincidenceEngine.attach_localization`).
+        Raises ValueError naming the field of a malformed result."""
+        result = parse_attach_payload(payload)
+        namespace = namespace_of(result.is_test)
+        changes = self.engine.attach_localization(
+            view,
+            namespace,
+            alert_id=result.alert_id,
+            key=result.key,
+            localization=result.localization,
+            reason=reason_of(result.localization),
+        )
+        return Outcome(None, namespace, changes, self.alerts(changes, now_ns, heartbeat_online))
 
     def expire(self, view: StateView, namespace: str, *, now_ns: int, new_id: NewId) -> Changes:
         return self.engine.expire(view, namespace, now_ns=now_ns, new_id=new_id)

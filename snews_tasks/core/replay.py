@@ -2,19 +2,28 @@
 
 The stream's own time is the clock (the latest neutrino time seen), so a
 recorded stream replays identically whenever it is run.
+
+With a `Localizer` (`snews-tasks replay --skymap-dir`), every alert revision the live system
+would localize is localized as soon as it is emitted, and the result goes through the writer's
+own rule (`Processor.attach_localization`): the next revision, an UPDATE carrying
+`localization`, is printed right after it. Live, other messages may be applied before the
+result comes back (a second or so later); replay is the live system with an instant localize
+worker, so ids, revisions and alert types follow the same rules. Timing-tier messages of the
+stream are kept (per namespace, in stream order) for the localizer to sharpen members' times.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .engine import LIVE, TEST, namespace_of
 from .memory_store import MemoryStore
 from .messages import Message, MessageError, Tier
 from .processing import Processor
+from .routing import needs_localization
 from .times import parse_time_ns
 
 CLOCK_START = -(2**62)
@@ -29,14 +38,21 @@ class ReplayReport:
     alerts: int = 0
 
 
+#: Localizes one alert revision, given the stream's timing-tier messages of its namespace;
+#: returns the result as the localize task sends it to the writer.
+Localizer = Callable[[dict, Sequence[Mapping[str, Any]]], dict]
+
+
 class Replayer:
     """Feeds messages to a `MemoryStore` the way the coincidence worker feeds Redis."""
 
-    def __init__(self, processor: Processor) -> None:
+    def __init__(self, processor: Processor, localizer: Localizer | None = None) -> None:
         self.processor = processor
+        self.localizer = localizer
         self.store = MemoryStore(processor.threshold_ns)
         self.clock_ns = CLOCK_START
         self.heartbeats: dict[str, tuple[int, str]] = {}
+        self.timing: dict[str, list[dict]] = {LIVE: [], TEST: []}
 
     def feed(self, message: Message) -> list[dict]:
         """Apply one validated message; returns the alerts it caused."""
@@ -51,9 +67,11 @@ class Replayer:
             )
             self.heartbeats[message.detector_name] = (seen, message.detector_status or "OFF")
             return []
+        namespace = namespace_of(message.is_test)
+        if message.tier is Tier.TIMING:
+            self.timing[namespace].append(message.to_dict())
         if message.tier not in (Tier.COINCIDENCE, Tier.RETRACTION):
             return []  # validated; archiving is the worker's business
-        namespace = namespace_of(message.is_test)
         self._expire(namespace)
         online = [
             d
@@ -69,7 +87,25 @@ class Replayer:
             heartbeat_online=online,
         )
         self.store.apply(namespace, outcome.changes)
-        return outcome.alerts
+        return outcome.alerts + self._localized(outcome.alerts, namespace, online)
+
+    def _localized(self, alerts: list[dict], namespace: str, online: list[str]) -> list[dict]:
+        """The revisions carrying the localizations of `alerts`, as the writer commits them."""
+        if self.localizer is None:
+            return []
+        localized = []
+        for alert in alerts:
+            if not needs_localization(alert):
+                continue
+            outcome = self.processor.attach_localization(
+                self.store,
+                self.localizer(alert, self.timing[namespace]),
+                now_ns=self.clock_ns,
+                heartbeat_online=online,
+            )
+            self.store.apply(namespace, outcome.changes)
+            localized += outcome.alerts
+        return localized
 
     def finish(self) -> None:
         """Expire what the final clock says has left the cache."""

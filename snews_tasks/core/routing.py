@@ -6,7 +6,9 @@ name tasks; they take the names from here, so a rename cannot leave one behind.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 
 class Queue(StrEnum):
@@ -17,6 +19,7 @@ class Queue(StrEnum):
     ALERTS = "alerts"
     SLACK = "slack"
     MAIL = "mail"
+    LOCALIZATION = "localization"
 
 
 class TaskName(StrEnum):
@@ -37,6 +40,9 @@ class TaskName(StrEnum):
     STORE_HEARTBEAT_EVENT = "snews.storage.store_heartbeat_event"
     POST_SLACK_OPERATIONS = "snews.slack.post_operations"
     SEND_MAIL = "snews.mail.send"
+    LOCALIZE = "snews.localization.localize"
+    #: The localize task's result, applied by the writer; only tasks send it, never the ingest.
+    ATTACH_LOCALIZATION = "snews.coincidence.attach_localization"
 
 
 #: Task name prefix -> queue; the Celery routes are built from it.
@@ -48,6 +54,7 @@ ROUTES: dict[str, Queue] = {
     "snews.canary.*": Queue.STORAGE,
     "snews.feedback.*": Queue.STORAGE,
     "snews.mail.*": Queue.MAIL,
+    "snews.localization.*": Queue.LOCALIZATION,
 }
 
 
@@ -59,15 +66,43 @@ def queue_of(task: str) -> Queue:
     raise ValueError(f"task: {task!r} matches no route ({', '.join(ROUTES)})")
 
 
-#: Which tasks deliver each kind of outbox entry. Canary alerts skip Slack: the canary proves
-#: the path every few minutes, and people need not read that.
+#: Which tasks deliver each kind of outbox entry; `deliveries` leaves out those an entry does
+#: not need.
 DELIVERIES: dict[str, tuple[TaskName, ...]] = {
-    "alert": (TaskName.STORE_ALERT, TaskName.PUBLISH_ALERT, TaskName.POST_SLACK),
+    "alert": (
+        TaskName.STORE_ALERT,
+        TaskName.PUBLISH_ALERT,
+        TaskName.POST_SLACK,
+        TaskName.LOCALIZE,
+    ),
     "observation": (TaskName.STORE_OBSERVATIONS,),
     "reject": (TaskName.STORE_REJECT,),
 }
 #: Tasks that take a list of documents: one task carries a whole dispatch's entries.
 BATCHED = frozenset({TaskName.STORE_OBSERVATIONS})
+
+
+def needs_localization(alert: Mapping[str, Any]) -> bool:
+    """An alert revision is localized when it has two or more detectors and no localization
+    yet (one carried over from an earlier revision with the same members counts), and it is
+    neither withdrawn into another coincidence nor a canary's."""
+    return (
+        alert.get("localization") is None
+        and len(set(alert.get("detector_names") or ())) >= 2
+        and alert.get("merged_into") is None
+        and not alert.get("is_canary")
+    )
+
+
+def deliveries(kind: str, document: Mapping[str, Any]) -> list[TaskName]:
+    """The tasks that deliver one outbox entry. Canary alerts skip Slack: the canary proves the
+    path every few minutes, and people need not read that."""
+    return [
+        task
+        for task in DELIVERIES[kind]
+        if not (task is TaskName.POST_SLACK and document.get("is_canary"))
+        and not (task is TaskName.LOCALIZE and not needs_localization(document))
+    ]
 
 
 class FailureKind(StrEnum):
@@ -82,6 +117,7 @@ class FailureKind(StrEnum):
     HEARTBEAT_EVENT_STORE = "heartbeat_event_store"
     OPERATIONS_SLACK = "operations_slack"
     MAIL = "mail"
+    ALERT_LOCALIZATION = "alert_localization"
 
     @property
     def redrive_task(self) -> TaskName:
@@ -103,4 +139,5 @@ _REDRIVE = {
     FailureKind.HEARTBEAT_EVENT_STORE: TaskName.STORE_HEARTBEAT_EVENT,
     FailureKind.OPERATIONS_SLACK: TaskName.POST_SLACK_OPERATIONS,
     FailureKind.MAIL: TaskName.SEND_MAIL,
+    FailureKind.ALERT_LOCALIZATION: TaskName.LOCALIZE,
 }

@@ -86,6 +86,30 @@ def _detector_lines(alert: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _significance_text(alert: Mapping[str, Any]) -> str:
+    sigma, p_value = alert.get("combined_significance_sigma"), alert.get("combined_p_value")
+    if not isinstance(sigma, int | float) or not isinstance(p_value, int | float):
+        return "n/a"
+    left_out = alert.get("combined_p_value_left_out") or {}
+    text = f"{sigma:.2f} sigma (p = {p_value:.2g})"
+    return text + (f", without {_escape(', '.join(map(str, left_out)))}" if left_out else "")
+
+
+def _localization_text(localization: Mapping[str, Any]) -> str:
+    """One line on where to look: the most probable point, the 90% area and the map's link."""
+    if localization.get("refused"):
+        reason = _truncate(str(localization["refused"]), MAX_REASON_CHARS)
+        return f"*Localization*: none ({_escape(reason)})"
+    text = (
+        f"*Localization*: most probable RA {localization.get('ra_deg', 0.0):.1f}°, "
+        f"Dec {localization.get('dec_deg', 0.0):+.1f}°; 90% area "
+        f"{localization.get('area_90_deg2', 0.0):,.0f} deg², 50% "
+        f"{localization.get('area_50_deg2', 0.0):,.0f} deg²"
+    )
+    url = localization.get("skymap_url")
+    return text + (f" · <{_escape(str(url))}|HEALPix map>" if url else "")
+
+
 def _section(text: str) -> dict[str, Any]:
     return {
         "type": "section",
@@ -143,10 +167,14 @@ def slack_blocks(alert: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]]:
                     "type": "mrkdwn",
                     "text": f"*Server*\n{_escape(str(alert.get('server_tag', 'n/a')))}",
                 },
+                {"type": "mrkdwn", "text": f"*Combined significance*\n{_significance_text(alert)}"},
             ],
         },
         _section("\n".join(detector_lines) or "_no detectors remain_"),
     ]
+    localization = alert.get("localization")
+    if isinstance(localization, Mapping):
+        blocks.append(_section(_localization_text(localization)))
     notes = []
     if alert.get("reason"):
         notes.append(f"Reason: {_escape(_truncate(str(alert['reason']), MAX_REASON_CHARS))}")

@@ -24,6 +24,7 @@ from pymongo.errors import PyMongoError
 
 from ..adapters.observation_publisher import PublishError, publish_observations
 from ..core.examples import EXAMPLES, describe, example_messages
+from ..core.sites import SiteError
 from ..settings import (
     MODES,
     Settings,
@@ -135,25 +136,52 @@ def _offline_stream(dry_run_help: str) -> Callable[[F], F]:
     default=None,
     help="progress bar on stderr (default: when stderr is a terminal)",
 )
+@click.option(
+    "--skymap-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="localize each coincidence revision as the live system does, print the UPDATE "
+    "carrying its localization, and write its FITS map and PNG picture to DIR",
+)
 @click.pass_context
 def replay(
-    ctx: click.Context, stream: Path, dry_run: bool, state_out: Path | None, progress: bool | None
+    ctx: click.Context,
+    stream: Path,
+    dry_run: bool,
+    state_out: Path | None,
+    progress: bool | None,
+    skymap_dir: Path | None,
 ) -> None:
     """Run a JSONL stream of observation messages through the coincidence engine.
 
     Replay STREAM (one observation message per line, in arrival order, any tier) through the
     same engine as the coincidence worker, with an in-memory store and no services. The
     stream's latest neutrino time is the clock. Each alert is printed to stdout as one JSON
-    object per line; rejected lines go to stderr with their line number and reason. Exit
-    status 0 unless STREAM cannot be read.
+    object per line; rejected lines go to stderr with their line number and reason. With
+    --skymap-dir, each revision the live system localizes is followed at once by the UPDATE
+    that carries its localization (as if the localize worker answered instantly), using the
+    stream's timing-tier messages; the maps go to DIR/<skymap>. Exit status 0 unless STREAM
+    cannot be read, DIR cannot be written or the detector sites file is unusable.
     """
 
     settings = _load(ctx)  # replay touches no service, so it needs no Celery app either
     show = sys.stderr.isatty() if progress is None else progress
     try:
-        report = replay_file(settings, stream, state_out=state_out, progress=show, out=sys.stdout)
+        report = replay_file(
+            settings,
+            stream,
+            state_out=state_out,
+            progress=show,
+            out=sys.stdout,
+            skymap_dir=skymap_dir,
+        )
     except OSError as error:
-        click.echo(f"snews-tasks replay: cannot read {stream}: {error.strerror}", err=True)
+        where = error.filename or stream
+        what = "cannot read" if str(where) == str(stream) else "cannot write"
+        click.echo(f"snews-tasks replay: {what} {where}: {error.strerror}", err=True)
+        ctx.exit(2)
+    except SiteError as error:
+        click.echo(f"snews-tasks replay: detector sites: {error}", err=True)
         ctx.exit(2)
     click.echo(
         f"replay: {report.lines} messages, {report.rejected} rejected, {report.alerts} alerts",
@@ -314,9 +342,10 @@ def status(ctx: click.Context, as_json: bool, timeout: float) -> None:
 
     Checks: the Celery broker and the state Redis answer; every queue that has registered
     tasks has a consumer; the ingest polled recently; queue depths; failed notifications;
-    detectors online and their last heartbeat; the last alert; the canary; the heartbeat
-    feedback (detectors that missed heartbeats, the day's events); detectors without mail
-    contacts. The web console's operations page shows the same checks.
+    detectors online and their last heartbeat; the last alert; the latest significance-tier
+    combination; the canary; the heartbeat feedback (detectors that missed heartbeats, the
+    day's events); detectors without mail contacts. The web console's operations page shows
+    the same checks.
     """
 
     report = build_status(app, _settings(ctx), timeout=timeout)

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from ..core.heartbeat_feedback import replay_heartbeats
+from ..core.localization_request import attach_payload, request_of
 from ..core.processing import Processor
-from ..core.replay import Replayer, ReplayReport, replay_lines
+from ..core.replay import Localizer, Replayer, ReplayReport, replay_lines
+from ..core.sites import load_sites
+from ..core.times import NS_PER_S
 from ..settings import Settings
 
 
@@ -27,12 +30,43 @@ class _BarSafe:
         self.bar.write(text.rstrip("\n"), file=sys.stderr)
 
 
+def skymap_localizer(settings: Settings, directory: Path) -> Localizer:
+    """Localizes as the localize task does, writing the FITS map and its PNG picture to
+    `directory` (their URLs in the alert are file:// URLs there) instead of GridFS, with the
+    stream's own timing-tier messages."""
+    # The sky-map stack (astropy, healpy, matplotlib) takes seconds to import: only a replay
+    # that localizes pays for it, not every command of the CLI, which imports this module.
+    from ..core.alert_localization import run, timing_messages_for
+
+    sites = load_sites(settings.detector_sites_file)
+    window_ns = round(settings.coincidence_threshold_s * NS_PER_S)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def localize(alert: dict, timing: Sequence[Mapping[str, Any]]) -> dict:
+        request = request_of(alert)
+        found = timing_messages_for(request, lambda _detector, _t_ns: timing, window_ns)
+        result = run(request, sites, settings.skymap_nside, found)
+        for name, data in result.files().items():
+            (directory / name).write_bytes(data)
+        return attach_payload(request, result.summary(lambda n: (directory / n).resolve().as_uri()))
+
+    return localize
+
+
 def replay_file(
-    settings: Settings, stream: Path, *, state_out: Path | None, progress: bool, out: TextIO
+    settings: Settings,
+    stream: Path,
+    *,
+    state_out: Path | None,
+    progress: bool,
+    out: TextIO,
+    skymap_dir: Path | None = None,
 ) -> ReplayReport:
-    """Alerts to `out`, rejected lines to stderr; raises OSError if `stream` cannot be read."""
+    """Alerts to `out`, rejected lines to stderr; raises OSError if `stream` cannot be read
+    (or `skymap_dir` written), SiteError if the sites file is unusable."""
     size = stream.stat().st_size
-    replayer = Replayer(Processor(settings))
+    localizer = None if skymap_dir is None else skymap_localizer(settings, skymap_dir)
+    replayer = Replayer(Processor(settings), localizer)
     with (
         stream.open("r", encoding="utf-8", errors="surrogateescape") as handle,
         tqdm(

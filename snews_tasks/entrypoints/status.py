@@ -88,6 +88,22 @@ def required_queues(app: Any) -> dict[str, list[str]]:
     return needed
 
 
+def significance_summary(latest: dict[str, Any] | None, threshold: float | None) -> str:
+    """The latest significance-tier combination in one line."""
+    limit = "alerts off" if threshold is None else f"alerts at {threshold:g} sigma"
+    if latest is None:
+        return f"no significance-tier message combined yet ({limit})"
+    best = latest.get("most_significant")
+    if best is None:
+        found = "no bins that two detectors cover"
+    else:
+        found = (
+            f"{best['combined_significance_sigma']:.2f} sigma from "
+            f"{', '.join(best['detectors'])} at {best['start_utc']}"
+        )
+    return f"latest at {latest['computed_time_utc']}: {found} ({limit})"
+
+
 def canary_health(
     *, last_ok: float | None, sent: float | None, now: float, limit_s: float
 ) -> tuple[bool, str]:
@@ -122,6 +138,8 @@ def build_status(app: Any, settings: Settings, *, timeout: float) -> Report:
 
     def consumers() -> tuple[bool, str, Any]:
         needed = required_queues(app)
+        if not settings.localization:
+            needed.pop(Queue.LOCALIZATION, None)
         answers = app.control.inspect(timeout=timeout).active_queues() or {}
         served: dict[str, list[str]] = {}
         for worker, queues in answers.items():
@@ -237,6 +255,13 @@ def build_status(app: Any, settings: Settings, *, timeout: float) -> Report:
         )
 
     report.add("last alert", last_alert)
+
+    def significance() -> tuple[bool, str, Any]:
+        with _archive(settings, timeout) as archive:
+            latest = archive.latest_significance()
+        return True, significance_summary(latest, settings.significance_alert_sigma), latest
+
+    report.add("significance tier", significance)
 
     def canary() -> tuple[bool, str, Any]:
         last_ok, sent = state.get(KEYS.canary_last_ok), state.get(KEYS.canary_sent)

@@ -6,13 +6,15 @@ Queues and what consumes them:
   alerts       the Kafka alert topic
   slack        Slack posts (alerts; heartbeat events to the operations channel)
   mail         feedback mails to detectors' contacts (SMTP)
+  slack        Slack posts
+  localization sky maps of coincidence revisions (workers/localize; scale out)
 
 The app is built without settings, so importing it needs no configuration;
 what depends on the deployment (broker URL, periodic schedule) is read from the
 process's settings the first time Celery reads its configuration.
 
 A worker started without `-Q` (the bare `celery -A snews_tasks worker`) serves
-the notification queues only: the coincidence queue is consumed by one process,
+the notification and localization queues only: the coincidence queue is consumed by one process,
 started as `workers/coincidence` does.
 """
 
@@ -43,6 +45,7 @@ TASK_MODULES = [
     "snews_tasks.tasks.receipts",
     "snews_tasks.tasks.feedback",
     "snews_tasks.tasks.mail",
+    "snews_tasks.tasks.localize",
 ]
 NOTIFICATION_QUEUES = tuple(q for q in Queue if q is not Queue.COINCIDENCE)
 

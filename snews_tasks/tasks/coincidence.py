@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 from kombu.exceptions import BatchPublishError, OperationalError
 
@@ -22,6 +23,7 @@ from .writer import REDIS_ERRORS, CoincidenceService, PublishFromWriter
 from .writer_lease import LEASE_LOST_EXIT, lease_token
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
 def service() -> CoincidenceService:
@@ -41,6 +43,7 @@ def service() -> CoincidenceService:
             slack_enabled=current.slack_token is not None,
             batch=sender.batch,
             publish_now=PublishFromWriter(alert_publisher),
+            localization_enabled=current.localization,
         )
 
     return resource("coincidence-service", build)
@@ -65,26 +68,40 @@ def _fenced() -> NoReturn:
     os._exit(LEASE_LOST_EXIT)
 
 
-@app.task(name=TaskName.PROCESS, acks_late=True, reject_on_worker_lost=True)
-def process(payloads: list) -> list[str]:
-    """A batch of observation messages (any JSON payloads; bad ones are rejected and recorded).
-    Anything but a list is taken as one message, so it is rejected and recorded too."""
-    batch = payloads if isinstance(payloads, list) else [payloads]
+def _waiting_out_outages(work: Callable[[], R]) -> R:
+    """Run `work` on the writer until the state and the broker let it through; a writer
+    whose lease was taken over stops at once."""
     backoff = Backoff(WAIT_FIRST_S, WAIT_MAX_S)
     while True:
         try:
-            return service().handle_many(batch)
+            return work()
         except WriterFenced:
             _fenced()
         except WAIT_ERRORS as error:
             wait_s = backoff.delay()
             log.warning(
-                "state or broker unreachable (%s: %s); trying the messages again in %.1f s",
+                "state or broker unreachable (%s: %s); trying again in %.1f s",
                 type(error).__name__,
                 error,
                 wait_s,
             )
             time.sleep(wait_s)
+
+
+@app.task(name=TaskName.PROCESS, acks_late=True, reject_on_worker_lost=True)
+def process(payloads: list) -> list[str]:
+    """A batch of observation messages (any JSON payloads; bad ones are rejected and recorded).
+    Anything but a list is taken as one message, so it is rejected and recorded too."""
+    batch = payloads if isinstance(payloads, list) else [payloads]
+    return _waiting_out_outages(lambda: service().handle_many(batch))
+
+
+@app.task(name=TaskName.ATTACH_LOCALIZATION, acks_late=True, reject_on_worker_lost=True)
+def attach_localization(result: dict) -> str:
+    """A localize task's result (`tasks.localize`): the coincidence's next revision carries
+    it, if its members are still those localized. Only the localize task sends this; the
+    ingest sends observation messages to `process` alone."""
+    return _waiting_out_outages(lambda: service().attach_localization(result))
 
 
 @app.task(name=TaskName.EXPIRE, bind=True, max_retries=None)

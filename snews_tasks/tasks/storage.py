@@ -1,5 +1,6 @@
 """The storage queue: every observation, alert, reject, heartbeat and heartbeat event archived
-in MongoDB.
+in MongoDB; each significance-tier message also combined with the others near it
+(`core.significance_tier`).
 
 Writes are idempotent (`adapters.archive`), so a redelivered or retried task
 changes nothing. A heartbeat also updates the detector's latest status in the
@@ -8,6 +9,7 @@ state Redis, which the false-alarm rate reads; an outage of either is retried.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -15,6 +17,7 @@ from ..adapters.archive import Archive, open_archive
 from ..adapters.detector_status import DetectorStatus
 from ..adapters.heartbeat_feed import HeartbeatFeed
 from ..adapters.retry_policies import heartbeat_policy, mongo_policy
+from ..core import significance_tier
 from ..core.backoff import RetryPolicy
 from ..core.documents import alert_key, require_str
 from ..core.routing import FailureKind, TaskName
@@ -23,6 +26,7 @@ from ..settings import Settings
 from .app import app
 from .base import DeliveryTask
 from .context import resource, settings, state_redis
+from .sender import CelerySender
 
 
 def _record_heartbeat(archive: Archive, heartbeat: Mapping[str, Any]) -> bool:
@@ -37,6 +41,39 @@ def _record_heartbeat(archive: Archive, heartbeat: Mapping[str, Any]) -> bool:
     new = archive.store_observation(heartbeat)
     HeartbeatFeed(state_redis()).append(heartbeat)
     return new
+
+
+def _archive_observation(archive: Archive, observation: Mapping[str, Any]) -> bool:
+    """Any tier; a significance-tier message is also combined with its neighbours in time."""
+    new = archive.store_observation(observation)
+    if observation.get("tier") == significance_tier.TIER:
+        _combine_significance(archive, observation)
+    return new
+
+
+def _combine_significance(archive: Archive, message: Mapping[str, Any]) -> None:
+    """Archive the bin-by-bin combination this message takes part in; above the configured
+    threshold, raise its alert (`core.significance_tier`: the shape and where it goes)."""
+    current = settings()
+    window = significance_tier.window_ns(message, current.significance_window_s)
+    others = (
+        []
+        if window is None
+        else archive.significance_messages(bool(message.get("is_test")), *window)
+    )
+    stored = archive.store_significance(
+        significance_tier.combination(
+            message,
+            others,
+            threshold_sigma=current.significance_alert_sigma,
+            now_ns=time.time_ns(),
+        )
+    )
+    alert = significance_tier.significance_alert(stored, server_tag=current.server_tag)
+    if alert is not None:
+        send = CelerySender()
+        for task in (TaskName.STORE_ALERT, TaskName.PUBLISH_ALERT, TaskName.POST_SLACK):
+            send(task, alert, {})
 
 
 class _Kind(NamedTuple):
@@ -54,7 +91,7 @@ def _key_field(field: str, what: str) -> Callable[[Mapping[str, Any]], str]:
 
 KINDS: dict[str, _Kind] = {
     "observation": _Kind(
-        Archive.store_observation,
+        _archive_observation,
         _key_field("uuid", "observation"),
         FailureKind.OBSERVATION_STORE,
         mongo_policy,

@@ -26,11 +26,12 @@ from ..adapters.detector_status import DetectorStatus
 from ..adapters.kafka_alerts import AlertPublisher
 from ..adapters.outbox import DELIVERY_RESEND_AFTER_S, OUTBOX_HEADER, Outbox
 from ..adapters.state import RedisState, StateConflict, WriteView
+from ..core import routing
 from ..core.engine import Outcome, namespace_of
 from ..core.messages import Message, MessageError, Tier
 from ..core.payloads import reject_document
 from ..core.processing import Processor
-from ..core.routing import BATCHED, DELIVERIES, TaskName
+from ..core.routing import BATCHED, TaskName
 from ..core.times import format_time_ns
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class CoincidenceService:
         slack_enabled: bool,
         batch: Batch = contextlib.nullcontext,
         publish_now: PublishNow | None = None,
+        localization_enabled: bool = True,
     ) -> None:
         self.processor = processor
         self.state = state
@@ -96,6 +98,8 @@ class CoincidenceService:
         self.batch = batch
         self.publish_now = publish_now
         self.skip: set[str] = set() if slack_enabled else {TaskName.POST_SLACK}
+        if not localization_enabled:
+            self.skip.add(TaskName.LOCALIZE)
         # A new writer, or one whose hand-on failed, may find committed entries nobody handed
         # on: it reads the whole outbox, so they go out first and in commit order.
         self._outbox_may_hold_more = True
@@ -231,9 +235,8 @@ class CoincidenceService:
         deliveries = {
             key: [
                 task
-                for task in DELIVERIES[entry["kind"]]
+                for task in routing.deliveries(entry["kind"], entry["document"])
                 if task not in self.skip
-                and not (task == TaskName.POST_SLACK and entry["document"].get("is_canary"))
             ]
             for key, entry in entries.items()
         }
@@ -291,12 +294,36 @@ class CoincidenceService:
         view.stage_outbox(
             f"observation:{message.uuid}", {"kind": "observation", "document": document}
         )
-        for alert in outcome.alerts:
+        self._stage_alerts(view, outcome.alerts)
+        return outcome.changes.describe()
+
+    @staticmethod
+    def _stage_alerts(view: WriteView, alerts: list[dict]) -> None:
+        for alert in alerts:
             view.stage_outbox(
                 f"alert:{alert['alert_id']}:{alert['revision']}",
                 {"kind": "alert", "document": alert},
             )
-        return outcome.changes.describe()
+
+    def attach_localization(self, result: Mapping[str, Any], *, now_ns: int | None = None) -> str:
+        """A localize task's result becomes the coincidence's next revision, an UPDATE, if its
+        members are still those localized; else it is dropped (the newer revision is being
+        localized). Raises ValueError naming the field of a malformed result."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+
+        def step(view: WriteView) -> str:
+            online = OnlineDetectors(view, self.processor, now_ns)
+            outcome = self.processor.attach_localization(
+                view, result, now_ns=now_ns, heartbeat_online=online
+            )
+            if outcome.changes.put_coincidences:
+                view.stage(outcome.namespace, outcome.changes)
+                self._stage_alerts(view, outcome.alerts)
+            return outcome.changes.describe()
+
+        described, committed = self.state.transact(lambda view: (step(view), view.outbox))
+        self._after_commit(committed)
+        return described
 
     def _reject(self, view: WriteView, payload: Any, error: MessageError, now_ns: int) -> str:
         document = reject_document(payload, error, now_ns)

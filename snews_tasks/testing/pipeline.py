@@ -203,6 +203,9 @@ class Pipeline:
                 "SNEWS_KAFKA_URL": self.kafka.url,
                 "SNEWS_ALERT_TOPIC": self.alert_topic,
                 "SNEWS_TEST_ALERT_TOPIC": self.test_alert_topic,
+                # Off unless a test turns it on and starts workers/localize: without that
+                # worker its deliveries would wait in their queue and the pipeline never drain.
+                "SNEWS_LOCALIZATION": "false",
                 **FAST_RETRIES,
             }
         )

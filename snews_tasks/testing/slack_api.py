@@ -1,21 +1,24 @@
 """A small Slack Web API over real HTTP, so tests run the real slack_sdk client.
 
 Point `slack_sdk.WebClient(token=..., base_url=server.base_url)` at it. It
-implements `chat.postMessage` and `auth.test`, records the posts it accepts,
-and can be told how to fail: `script([...])` queues answers for the next
+implements `chat.postMessage`, `auth.test` and the three steps of slack_sdk's
+`files_upload_v2` (`files.getUploadURLExternal`, the upload itself to the URL it
+hands out, `files.completeUploadExternal`), records the posts and the files it
+accepts, and can be told how to fail: `script([...])` queues answers for the next
 requests (any method), `down()` answers 503 to everything until `up()`, and
 `hold()` keeps requests waiting, unanswered, until `release()` (a delivery in flight).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 # One scripted answer: (status, headers) for an HTTP error, or ("ok_false", error) for an
 # HTTP 200 whose body says {"ok": false, "error": error}.
@@ -32,11 +35,30 @@ class Call:
     ok: bool
 
 
+def channel_id(name: str) -> str:
+    """The id Slack answers for a channel given by name (uploads need the id)."""
+    return "C" + hashlib.sha1(name.encode()).hexdigest()[:8].upper()
+
+
+@dataclass
+class SharedFile:
+    """A file uploaded with files_upload_v2: its bytes, and where it was shared."""
+
+    id: str
+    filename: str
+    data: bytes | None = None
+    title: str | None = None
+    channel_id: str | None = None
+    thread_ts: str | None = None
+    initial_comment: str | None = None
+
+
 class FakeSlackApi:
     """The Slack Web API on 127.0.0.1, for as long as it runs (use as a context manager)."""
 
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
+        self.uploads: dict[str, SharedFile] = {}  # by file id, from getUploadURLExternal on
         self.calls: list[Call] = []
         self._script: deque[ScriptedAnswer] = deque()
         self._down = False
@@ -85,6 +107,21 @@ class FakeSlackApi:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def files(self) -> list[SharedFile]:
+        """The files uploaded and shared in a channel, in the order they were shared."""
+        with self._lock:
+            return [f for f in self.uploads.values() if f.channel_id is not None]
+
+    def receive_upload(self, file_id: str, data: bytes) -> int:
+        """Step two of files_upload_v2: the bytes, posted to the URL step one handed out."""
+        with self._lock:
+            shared = self.uploads.get(file_id)
+            if shared is None or shared.data is not None:
+                return 404
+            shared.data = data
+            return 200
+
     def answer(
         self, method: str, payload: dict[str, Any], authorized: bool
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -128,6 +165,10 @@ class FakeSlackApi:
                     "bot_id": "B0",
                 },
             )
+        if method == "files.getUploadURLExternal":
+            return self._upload_url(payload)
+        if method == "files.completeUploadExternal":
+            return self._complete_upload(payload)
         if method != "chat.postMessage":
             return 404, {}, {"ok": False, "error": "unknown_method"}
         if not payload.get("channel"):
@@ -141,33 +182,72 @@ class FakeSlackApi:
             {},
             {
                 "ok": True,
-                "channel": payload["channel"],
+                "channel": channel_id(payload["channel"]),
                 "ts": ts,
                 "message": {"text": payload.get("text", ""), "ts": ts},
             },
         )
+
+    def _upload_url(self, payload: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        if not payload.get("filename") or not str(payload.get("length", "")).isdigit():
+            return 200, {}, {"ok": False, "error": "invalid_arguments"}
+        file_id = f"F{len(self.uploads) + 1:08d}"
+        self.uploads[file_id] = SharedFile(file_id, str(payload["filename"]))
+        url = f"http://127.0.0.1:{self.port}/upload/{file_id}"
+        return 200, {}, {"ok": True, "upload_url": url, "file_id": file_id}
+
+    def _complete_upload(
+        self, payload: dict[str, Any]
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        try:
+            listed = json.loads(payload.get("files") or "[]")
+        except ValueError:
+            return 200, {}, {"ok": False, "error": "invalid_arguments"}
+        known_channels = {channel_id(p["channel"]) for p in self.posts}
+        channel = payload.get("channel_id")
+        if channel is not None and channel not in known_channels:
+            return 200, {}, {"ok": False, "error": "channel_not_found"}
+        completed = []
+        for item in listed:
+            shared = self.uploads.get(item.get("id"))
+            if shared is None or shared.data is None:
+                return 200, {}, {"ok": False, "error": "file_not_found"}
+            shared.title = item.get("title")
+            shared.channel_id = channel
+            shared.thread_ts = payload.get("thread_ts")
+            shared.initial_comment = payload.get("initial_comment")
+            completed.append({"id": shared.id, "title": shared.title, "name": shared.filename})
+        return 200, {}, {"ok": True, "files": completed}
 
 
 def _handler_for(api: FakeSlackApi) -> type[BaseHTTPRequestHandler]:
     class SlackHandler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            url = urlsplit(self.path)
+            if url.path.startswith("/upload/"):
+                status = api.receive_upload(url.path.removeprefix("/upload/"), raw)
+                self._reply(status, {}, b"OK" if status == 200 else b"Not Found", "text/plain")
+                return
+            payload: dict[str, Any] = dict(parse_qsl(url.query))
             if self.headers.get_content_type() == "application/json":
-                payload = json.loads(raw or b"{}")
+                payload.update(json.loads(raw or b"{}"))
             else:
-                payload = dict(parse_qsl(raw.decode()))
+                payload.update(parse_qsl(raw.decode()))
             authorization = self.headers.get("Authorization", "")
             authorized = authorization.startswith("Bearer ") and len(authorization) > 7
-            method = self.path.removeprefix("/api/").split("?", 1)[0]
+            method = url.path.removeprefix("/api/")
             status, headers, body = api.answer(method, payload, authorized)
-            encoded = json.dumps(body).encode()
+            self._reply(status, headers, json.dumps(body).encode(), "application/json")
+
+        def _reply(self, status: int, headers: dict[str, str], body: bytes, kind: str) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(encoded)))
+            self.send_header("Content-Type", f"{kind}; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
             for name, value in headers.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(encoded)
+            self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             """Keep request lines out of the test output."""

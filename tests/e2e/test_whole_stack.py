@@ -53,7 +53,7 @@ SLACK_TOKEN = "xoxb-e2e-test"
 MONGO_DB = "snews"
 FLOWER_AUTH = "test:test-only-password"  # config/test.env's throwaway credential
 PROCESSED_KEY = "snews:processed"  # the coincidence state's zset of processed uuids
-QUEUES = ("coincidence", "storage", "alerts", "slack", "mail")
+QUEUES = ("coincidence", "storage", "alerts", "slack", "mail", "localization")
 UNACKED_KEYS = ("unacked", "unacked:coincidence")  # kombu: delivered, not yet acknowledged
 #: `up` announces what it started: "up | redis: started on ... (pid N)",
 #: "up | ingest: started `workers/ingest` (pid N)".
@@ -260,10 +260,12 @@ def test_three_detector_burst_from_snews_pt_reaches_every_consumer(
     with pymongo.MongoClient(stack.mongo_url) as mongo:
         archive = mongo[MONGO_DB]
         mine = {"observation_uuids": {"$in": list(uuid_of.values())}}
-        stack.wait_until(lambda: archive.alerts.count_documents(mine) >= 2
-                         and len(stack.slack.posts) >= 2
-                         and len(stack.read_topic(stack.alert_topic)) >= 2,
-                         "two alerts archived, posted to Slack and on the alert topic")
+        # Each coincidence's NEW alert, then its localization as revision 2: refused here,
+        # as detectors seconds apart are inconsistent with any direction.
+        stack.wait_until(lambda: archive.alerts.count_documents(mine) >= 4
+                         and len(stack.slack.posts) >= 4
+                         and len(stack.read_topic(stack.alert_topic)) >= 4,
+                         "four alerts archived, posted to Slack and on the alert topic")
         stack.wait_until(stack.drained, "every queue drained")
         observations = list(archive.observations.find({"uuid": {"$in": list(uuid_of.values())}}))
         archived_alerts = {(a["alert_id"], a["revision"]) for a in archive.alerts.find(mine)}
@@ -271,13 +273,18 @@ def test_three_detector_burst_from_snews_pt_reaches_every_consumer(
             {"detector_name": {"$in": list(detectors)}})}
 
     alerts = stack.read_topic(stack.alert_topic)
-    by_detectors = {frozenset(a["detector_names"]): a for a in alerts}
-    assert len(alerts) == 2, alerts
+    assert len(alerts) == 4, alerts
+    by_detectors = {frozenset(a["detector_names"]): a for a in alerts if a["revision"] == 1}
     assert set(by_detectors) == {frozenset(detectors[:2]), frozenset(detectors[1:])}
     for members, alert in by_detectors.items():
         assert (alert["alert_type"], alert["revision"], alert["is_test"]) == ("NEW", 1, False)
         assert sorted(alert["observation_uuids"]) == sorted(uuid_of[d] for d in members)
         assert alert["server_tag"] == "test"
+        [localized] = [a for a in alerts if a["alert_id"] == alert["alert_id"]
+                       and a["revision"] == 2]
+        assert localized["alert_type"] == "UPDATE"
+        assert localized["localization"]["refused"].startswith(
+            "times inconsistent with any direction")
     test_topic_uuids = {u for a in stack.read_topic(stack.test_alert_topic)
                         for u in a.get("observation_uuids", ())}
     assert not test_topic_uuids & set(uuid_of.values()), "a live alert reached the test topic"
@@ -287,7 +294,7 @@ def test_three_detector_burst_from_snews_pt_reaches_every_consumer(
         save_message(alert, str(saved))
         display(alert)
     shown = capsys.readouterr().out
-    assert shown.count("ALERT MESSAGE") == 2
+    assert shown.count("ALERT MESSAGE") == 4
     assert all(detector in shown for detector in detectors)
     assert all(alert["alert_id"] in shown for alert in alerts)
     saved_ids = sorted(json.loads(path.read_text())["alert_id"] for path in saved.iterdir())
@@ -299,11 +306,12 @@ def test_three_detector_burst_from_snews_pt_reaches_every_consumer(
     assert statuses == heartbeat_detectors  # snews-pt sends a heartbeat only if asked to
 
     posts = list(stack.slack.posts)
-    assert len(posts) == 2, posts  # canary alerts (test namespace) are never posted
+    assert len(posts) == 4, posts  # canary alerts (test namespace) are never posted
     assert {post["channel"] for post in posts} == {"#snews-test"}
     for alert in alerts:
-        [post] = [p for p in posts if alert["alert_id"] in p["text"]]
-        assert post["text"].startswith("<!here>")  # a live NEW alert pages the channel
+        [post] = [p for p in posts if f"{alert['alert_id']} rev {alert['revision']}" in p["text"]]
+        # only a live NEW alert pages the channel
+        assert post["text"].startswith("<!here>") == (alert["alert_type"] == "NEW")
         assert all(detector in post["text"] for detector in alert["detector_names"])
 
     # The rest of the stack is healthy too: Flower answers, and the canary (beat -> ingest

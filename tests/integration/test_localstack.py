@@ -18,7 +18,7 @@ from hop.models import JSONBlob
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from snews_tasks.testing.slack_api import FakeSlackApi
+from snews_tasks.testing.slack_api import FakeSlackApi, channel_id
 from snews_tasks.entrypoints import localstack
 
 pytestmark = pytest.mark.integration
@@ -190,7 +190,7 @@ def test_slack_client_posts_and_sees_rate_limit(slack_api: FakeSlackApi) -> None
     response = client.chat_postMessage(channel="#snews-alerts", text="SNEWS alert",
                                        blocks=[{"type": "section",
                                                 "text": {"type": "mrkdwn", "text": "*NEW*"}}])
-    assert response["ok"] and response["channel"] == "#snews-alerts"
+    assert response["ok"] and response["channel"] == channel_id("#snews-alerts")  # Slack's id
     assert [post["text"] for post in slack_api.posts] == ["SNEWS alert"]
     assert [call.status for call in slack_api.calls] == [200, 429, 500, 200, 200]
 

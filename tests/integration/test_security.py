@@ -122,7 +122,7 @@ def test_everything_the_local_stack_starts_listens_on_loopback_only(tmp_path: Pa
     try:
         def ready() -> bool:
             output = log_path.read_text(errors="replace")
-            return (output.count(" ready.") >= 2  # the coincidence and notify workers
+            return (output.count(" ready.") >= 3  # the coincidence, notify and localize workers
                     and "beat: Starting" in output
                     and localstack._port_answers(ports["flower"])
                     and localstack._port_answers(ports["console"])
@@ -132,7 +132,7 @@ def test_everything_the_local_stack_starts_listens_on_loopback_only(tmp_path: Pa
                               log_path=log_path)
         pids = started_pids(log_path.read_text())
         assert set(pids) == {"redis", "kafka", "mongo", "smtp", "ingest", "coincidence",
-                             "notify", "beat", "flower", "console"}
+                             "notify", "localize", "beat", "flower", "console"}
         listeners = {name: listening_sockets(pid) for name, pid in {**pids, "up": up.pid}.items()}
         for name, port in ports.items():  # the check sees the sockets we know of
             assert ("tcp", str(LOOPBACK), port) in listeners[name]
@@ -365,14 +365,15 @@ def _uses(path: Path, names: set[str]) -> bool:
 
 
 def test_only_the_operator_cli_can_redrive_failures() -> None:
-    """What a Kafka message can reach: the ingest's tasks, then the writer's deliveries.
+    """What a Kafka message can reach: the ingest's tasks, then the writer's deliveries (and
+    the localize task's result, back to the writer; a significance-tier alert's deliveries).
     None of them lists or re-drives failure records; only `snews-tasks failed` does."""
     assert set(TASK_FOR_TIER.values()) | {TaskName.STORE_REJECT} == {
         TaskName.PROCESS, "snews.storage.store_heartbeat", "snews.storage.store_observation",
         TaskName.STORE_REJECT}
     assert {task for tasks in DELIVERIES.values() for task in tasks} == {
         "snews.storage.store_alert", "snews.storage.store_observations", TaskName.STORE_REJECT,
-        "snews.kafka.publish_alert", "snews.slack.post_alert"}
+        "snews.kafka.publish_alert", "snews.slack.post_alert", "snews.localization.localize"}
     package = REPO / "snews_tasks"
     def users(names: set[str]) -> set[str]:
         return {str(path.relative_to(package)) for path in package.rglob("*.py")

@@ -15,6 +15,7 @@ from snews_tasks.adapters.retry_policies import slack_policy
 from snews_tasks.settings import load_settings
 from snews_tasks.core.slack_blocks import slack_blocks
 from snews_tasks.adapters.slack import SlackPoster, open_slack
+from snews_tasks.testing.slack_api import channel_id
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +52,7 @@ def failed_post(poster: SlackPoster) -> SlackApiError:
 
 
 def test_post_arrives_with_blocks_in_the_configured_channel(slack_api, poster) -> None:
-    ts = poster.post(ALERT)
+    channel, ts = poster.post(ALERT)
     text, blocks = slack_blocks(ALERT)
     assert len(slack_api.posts) == 1
     post = slack_api.posts[0]
@@ -59,6 +60,7 @@ def test_post_arrives_with_blocks_in_the_configured_channel(slack_api, poster) -
     assert post["text"] == text
     assert post["blocks"] == blocks
     assert re.fullmatch(r"\d+\.\d{6}", ts)  # Slack's message id, e.g. "1700000000.000101"
+    assert channel == channel_id("#snews-test")  # the id, which uploads need
 
 
 def test_rate_limit_is_retryable_and_waits_at_least_retry_after(slack_api, poster) -> None:
@@ -118,3 +120,27 @@ def test_malformed_alert_is_refused_before_any_request(slack_api, poster) -> Non
     with pytest.raises(ValueError, match="alert_type"):
         poster.post({**ALERT, "alert_type": "maybe"})
     assert slack_api.calls == []
+
+
+def test_a_picture_goes_into_the_thread_of_its_post(slack_api, poster) -> None:
+    """files_upload_v2 through the real slack_sdk: upload URL, the bytes, completion."""
+    posted = poster.post(ALERT)
+    picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 50
+    file_id = poster.upload_picture(posted, "c-000042-1.png", picture, "sky map")
+    [shared] = slack_api.files
+    assert (shared.id, shared.filename, shared.data) == (file_id, "c-000042-1.png", picture)
+    assert (shared.channel_id, shared.thread_ts, shared.title) == (posted.channel, posted.ts,
+                                                                   "sky map")
+    assert [c.method for c in slack_api.calls] == [
+        "chat.postMessage", "files.getUploadURLExternal", "files.completeUploadExternal"]
+
+
+def test_a_failed_upload_step_is_retryable(slack_api, poster) -> None:
+    posted = poster.post(ALERT)
+    slack_api.script([(503, {})])
+    with pytest.raises(SlackApiError) as caught:
+        poster.upload_picture(posted, "c-000042-1.png", b"png", "sky map")
+    assert slack_policy(settings_for(slack_api.base_url)).is_retryable(caught.value)
+    assert slack_api.files == []
+    poster.upload_picture(posted, "c-000042-1.png", b"png", "sky map")
+    assert [f.data for f in slack_api.files] == [b"png"]

@@ -1,6 +1,6 @@
 """The design card's own command, `celery -A snews_tasks worker`, is safe: a worker started
-without -Q serves the notification queues, and the coincidence queue is consumed by one
-process only, started as workers/coincidence does."""
+without -Q serves the notification and localization queues, and the coincidence queue is
+consumed by one process only, started as workers/coincidence does."""
 
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def test_a_worker_without_queues_serves_the_notification_queues_only(
     finally:
         stop_group(process)
     banner_queues = set(re.findall(r"^\s*\.> (\w+)\s+exchange=", text, re.M))
-    assert banner_queues == {"storage", "alerts", "slack", "mail"}, text
+    assert banner_queues == {"storage", "alerts", "slack", "mail", "localization"}, text
     [line] = [ln for ln in text.splitlines() if "coincidence queue has one process" in ln]
-    assert "serves storage, alerts, slack, mail only" in line
+    assert "serves storage, alerts, slack, mail, localization only" in line
 
 
 def test_the_coincidence_queue_refuses_more_than_one_process(

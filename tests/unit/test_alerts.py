@@ -16,7 +16,9 @@ from snews_tasks.testing.builders import Run, observation, retraction
 PUBLISHED_ORDER = [
     "alert_id", "revision", "alert_type", "reason", "merged_into", "detector_names",
     "neutrino_times_utc", "p_values", "observation_uuids", "initial_neutrino_time_utc",
-    "false_alarm_rate_per_year", "false_alarm_rate_reason", "detectors_online", "is_test",
+    "false_alarm_rate_per_year", "false_alarm_rate_reason", "detectors_online",
+    "combined_p_value", "combined_significance_sigma", "combined_p_value_left_out",
+    "combined_p_value_reason", "localization", "alert_kind", "is_test",
     "is_firedrill", "is_canary", "server_tag", "sent_time_utc", "schema_version",
 ]
 
