@@ -28,9 +28,12 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "SNEWS_"
-Mode = Literal["local", "test", "firedrill", "production"]
+Mode = Literal["local", "test", "dev", "firedrill", "production"]
 MODES: tuple[str, ...] = get_args(Mode)
 SMTP_TLS_MODES = ("none", "starttls", "tls")
+#: What the alert topics carry (README: "Alerts for snews_cs consumers").
+ALERT_FORMATS = ("snews_tasks", "with_snews_cs")
+GCN_DOMAINS = ("gcn.nasa.gov", "test.gcn.nasa.gov", "dev.gcn.nasa.gov")
 CONFIG_DIR_VARIABLE = "SNEWS_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -119,10 +122,13 @@ def _basic_auth(value: SecretStr | None) -> SecretStr | None:
     return value
 
 
-def _smtp_tls(value: str) -> str:
-    if value not in SMTP_TLS_MODES:
-        raise ValueError(f"must be one of {', '.join(SMTP_TLS_MODES)}")
-    return value
+def _one_of(choices: tuple[str, ...]) -> AfterValidator:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return AfterValidator(check)
 
 
 def _unset_if_empty(value: object) -> object:
@@ -163,7 +169,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     mode: Mode = Field(
-        description="local, test, firedrill or production; chooses config/<mode>.env"
+        description="local, test, dev, firedrill or production; chooses config/<mode>.env"
     )
     server_tag: Text = Field(description="names the deployment in every alert")
     coincidence_threshold_s: PositiveFloat = Field(
@@ -219,6 +225,33 @@ class Settings(BaseSettings):
     test_alert_topic: Text = Field(
         "snews.alerts.test", description="topic alerts on is_test messages go to"
     )
+    connection_test_topic: Text = Field(
+        "snews.connection-testing",
+        description="topic `snews_pt test-connection` listens on for its message's echo",
+    )
+    connection_test_echoes_per_minute: Annotated[int, Field(ge=1)] = Field(
+        6, description="most connection-test echoes written per detector per minute"
+    )
+    alert_format: Annotated[str, _one_of(ALERT_FORMATS)] = Field(
+        "snews_tasks",
+        description="snews_tasks (the alert as archived) or with_snews_cs (the same with "
+        "the alert keys of snews_cs 3.0.1 beside it)",
+    )
+    gcn_notices: bool = Field(
+        True, description="publish each live and fire-drill alert revision as a GCN notice"
+    )
+    gcn_notice_topic: Text = Field(
+        "gcn.notices.snews2.coincidence",
+        description="topic of the GCN notices (on GCN's broker when GCN credentials are set, "
+        "else on SNEWS_KAFKA_URL)",
+    )
+    gcn_client_id: OptionalSecret = Field(
+        None, description="GCN Kafka client id; with the secret, notices go to GCN"
+    )
+    gcn_client_secret: OptionalSecret = Field(None, description="GCN Kafka client secret")
+    gcn_domain: Annotated[str, _one_of(GCN_DOMAINS)] = Field(
+        "gcn.nasa.gov", description="GCN domain (test.gcn.nasa.gov for GCN's test system)"
+    )
     hop_auth: Annotated[str, AfterValidator(_hop_auth)] = Field(
         "false",
         description="'false' (no auth), 'true' (hop's default auth file) or the path of a "
@@ -270,7 +303,7 @@ class Settings(BaseSettings):
     )
     smtp_host: Text = Field("127.0.0.1", description="SMTP server for feedback mails")
     smtp_port: Annotated[int, AfterValidator(_port)] = Field(25, description="SMTP server port")
-    smtp_tls: Annotated[str, AfterValidator(_smtp_tls)] = Field(
+    smtp_tls: Annotated[str, _one_of(SMTP_TLS_MODES)] = Field(
         "none", description="none, starttls (upgrade after connecting) or tls (TLS from the start)"
     )
     smtp_user: OptionalText = Field(None, description="SMTP login user; no login when unset")
@@ -288,6 +321,15 @@ class Settings(BaseSettings):
         description="user:password for the web console; required unless mode is local and "
         "it binds 127.0.0.1",
     )
+
+    @model_validator(mode="after")
+    def _gcn_credentials(self) -> Settings:
+        if (self.gcn_client_id is None) != (self.gcn_client_secret is None):
+            raise ValueError(
+                f"{env_name('gcn_client_id')} and {env_name('gcn_client_secret')}: "
+                "set both or neither"
+            )
+        return self
 
     @model_validator(mode="after")
     def _smtp_login(self) -> Settings:
@@ -387,6 +429,13 @@ def require_flower_auth(settings: Settings) -> None:
     )
 
 
+def gcn_credentials(settings: Settings) -> tuple[str, str] | None:
+    """GCN's client id and secret when both are set (the model refuses one alone)."""
+    if settings.gcn_client_id is None or settings.gcn_client_secret is None:
+        return None
+    return settings.gcn_client_id.get_secret_value(), settings.gcn_client_secret.get_secret_value()
+
+
 # -- documentation ------------------------------------------------------------------------------
 
 
@@ -476,6 +525,8 @@ def _read_env_file(path: Path) -> dict[str, tuple[str, str]]:
         field_name = _field_for_key(key, source)
         if field_name == "mode":
             raise SettingsError(f"{key} ({source}): the mode is chosen by the file name")
+        if field_name in _ENVIRONMENT_ONLY:
+            raise SettingsError(f"{key} ({source}): a credential, set only in the environment")
         if field_name in entries:
             raise SettingsError(f"{key} ({source}): set twice (first at {entries[field_name][1]})")
         entries[field_name] = (value.strip(), source)
@@ -518,6 +569,9 @@ def _explained(invalid: ValidationError, raw: Mapping[str, tuple[str, str]]) -> 
     shown = "the value" if field_name in _SECRETS else repr(text)
     return SettingsError(f"{env_name(field_name)} ({source}): {shown} {_problem(error)}")
 
+
+#: Credentials that a configuration file (committed with the code) must never hold.
+_ENVIRONMENT_ONLY = frozenset({"gcn_client_id", "gcn_client_secret"})
 
 #: Settings whose values never appear in a message.
 _SECRETS = frozenset(

@@ -24,6 +24,7 @@ from hop.io import StartPosition, Stream
 from hop.models import JSONBlob
 
 from ..core.documents import require_str
+from ..core.snews_cs_format import topic_document
 from ..settings import Settings
 from .hop import hop_auth, topic_url
 
@@ -48,10 +49,12 @@ def _log_client_error(error: confluent_kafka.KafkaError) -> None:
 
 
 class AlertPublisher:
-    """One hop-client writer, opened once, serving the live and the test alert topic.
+    """One hop-client writer, opened once, serving the live and the test alert topic and the
+    `extra_topics` (the connection-test echoes, GCN notices on the local broker).
 
     hop's writer sends to any topic named on write, sharing one librdkafka
-    producer, so one writer serves both topics. Every message must reach the
+    producer, so one writer serves every topic. What the alert topics carry is the
+    `alert_format` (`core.snews_cs_format.topic_document`). Every message must reach the
     broker within `produce_timeout_s` (librdkafka's ``message.timeout.ms``);
     `publish` waits for the delivery report, so a dead broker raises after
     that long instead of hanging. hop's per-topic size check (a
@@ -67,6 +70,8 @@ class AlertPublisher:
         test_alert_topic: str,
         auth: bool | list[Auth],
         produce_timeout_s: float,
+        alert_format: str = "snews_tasks",
+        extra_topics: Sequence[str] = (),
     ) -> None:
         parsed = urlparse(kafka_url)
         if parsed.scheme != "kafka" or not parsed.hostname or parsed.path.strip("/"):
@@ -80,9 +85,10 @@ class AlertPublisher:
             raise ValueError(f"produce_timeout_s: must be > 0, got {produce_timeout_s}")
         self.alert_topic = alert_topic
         self.test_alert_topic = test_alert_topic
+        self.alert_format = alert_format
         self._delivery_wait = timedelta(seconds=produce_timeout_s + DELIVERY_REPORT_GRACE_S)
         self._writer = Stream(auth=auth).open(
-            topic_url(kafka_url, alert_topic, test_alert_topic),
+            topic_url(kafka_url, *dict.fromkeys((alert_topic, test_alert_topic, *extra_topics))),
             "w",
             produce_timeout=timedelta(seconds=produce_timeout_s),
             automatic_offload=False,
@@ -102,18 +108,44 @@ class AlertPublisher:
         if error is not None:
             raise error
 
+    def send(self, content: Mapping[str, Any], *, topic: str, key: str) -> None:
+        """Send any JSON document to `topic` (one of those opened) and wait for the broker."""
+        [error] = self._write_all([(content, topic, key)], self._delivery_wait.total_seconds())
+        if error is not None:
+            raise error
+
     def publish_many(
         self, alerts: Sequence[Mapping[str, Any]], *, wait_s: float
     ) -> list[Exception | None]:
         """Send alerts together and wait up to `wait_s` for the broker to have them all; for
         each, None once the broker has it, else why not (an alert not acknowledged in time may
         still arrive later: publishing is at least once)."""
-        reports: dict[int, confluent_kafka.KafkaError | None] = {}
         sends = [
-            (alert, self.topic_for(alert), require_str(alert, "alert_id", "alert"))
+            (
+                topic_document(alert, self.alert_format),
+                self.topic_for(alert),
+                require_str(alert, "alert_id", "alert"),
+            )
             for alert in alerts
         ]
-        for i, (alert, topic, alert_id) in enumerate(sends):
+        results = self._write_all(sends, wait_s)
+        for alert, (_content, topic, _key), result in zip(alerts, sends, results, strict=True):
+            if result is None:
+                logger.info(
+                    "alert %s revision %s (%s) acknowledged on %s",
+                    alert.get("alert_id"),
+                    alert.get("revision"),
+                    alert.get("alert_type"),
+                    topic,
+                )
+        return results
+
+    def _write_all(
+        self, sends: Sequence[tuple[Mapping[str, Any], str, str]], wait_s: float
+    ) -> list[Exception | None]:
+        """Write (content, topic, key) messages and wait up to `wait_s` for their reports."""
+        reports: dict[int, confluent_kafka.KafkaError | None] = {}
+        for i, (content, topic, key) in enumerate(sends):
 
             def on_delivery(
                 error: confluent_kafka.KafkaError | None,
@@ -123,32 +155,25 @@ class AlertPublisher:
                 reports[i] = error if error is not None else message.error()
 
             self._writer.write(
-                JSONBlob(content=dict(alert)),
+                JSONBlob(content=dict(content)),
                 delivery_callback=on_delivery,
                 topic=topic,
-                key=alert_id,
+                key=key,
             )
         self._writer.flush(timedelta(seconds=wait_s))
         results: list[Exception | None] = []
-        for i, (alert, topic, alert_id) in enumerate(sends):
+        for i, (_, topic, key) in enumerate(sends):
             if i not in reports:
                 results.append(
                     TimeoutError(
-                        f"Kafka gave no delivery report for alert {alert_id} "
-                        f"on topic {topic} within {wait_s:g} s"
+                        f"Kafka gave no delivery report for {key} on topic {topic} "
+                        f"within {wait_s:g} s"
                     )
                 )
             elif reports[i] is not None:
                 results.append(KafkaException(reports[i]))
             else:
                 results.append(None)
-                logger.info(
-                    "alert %s revision %s (%s) acknowledged on %s",
-                    alert_id,
-                    alert.get("revision"),
-                    alert.get("alert_type"),
-                    topic,
-                )
         return results
 
     def close(self) -> None:
@@ -166,6 +191,8 @@ def open_publisher(settings: Settings) -> AlertPublisher:
         test_alert_topic=settings.test_alert_topic,
         auth=hop_auth(settings.hop_auth),
         produce_timeout_s=settings.kafka_produce_timeout_s,
+        alert_format=settings.alert_format,
+        extra_topics=(settings.connection_test_topic, settings.gcn_notice_topic),
     )
 
 

@@ -112,6 +112,25 @@ def kafka_policy(settings: Settings) -> RetryPolicy:
     return _policy(settings, KAFKA_RETRYABLE, check=is_transient_kafka_error)
 
 
+# --- GCN ---------------------------------------------------------------------------------------
+
+
+def is_transient_gcn_error(error: BaseException) -> bool:
+    """As for the alert topics, and an authentication failure too: with OpenID Connect that
+    is also what GCN's token endpoint being unreachable looks like. A wrong secret then ends
+    in the failure record after the retries, where `failed retry` re-drives it once fixed."""
+    kafka_error = _kafka_error_of(error)
+    if kafka_error is not None and kafka_error.code() == confluent_kafka.KafkaError._AUTHENTICATION:
+        return True
+    return is_transient_kafka_error(error)
+
+
+def gcn_policy(settings: Settings) -> RetryPolicy:
+    """GCN's broker (or the local notice topic) down or slow, or its token endpoint away; a
+    notice the broker refuses is permanent."""
+    return _policy(settings, KAFKA_RETRYABLE, check=is_transient_gcn_error)
+
+
 # --- Slack -------------------------------------------------------------------------------------
 
 # HTTPException covers a response cut off mid-way (IncompleteRead, RemoteDisconnected).

@@ -78,6 +78,10 @@ class Alert(BaseModel):
     detectors_online: int = Field(
         ge=0, description="detectors taken as online: recent ON heartbeat or a member"
     )
+    online_detector_names: list[str] = Field(
+        description="the detectors counted online (members and recent ON heartbeats), sorted: "
+        "a GCN notice's detector status"
+    )
     combined_p_value: float | None = Field(
         ge=0, le=1, description="Fisher's combination of the members' p-values"
     )
@@ -163,6 +167,7 @@ def build_alert(
         false_alarm_rate_per_year=far,
         false_alarm_rate_reason=far_reason,
         detectors_online=len(online),
+        online_detector_names=sorted(online),
         combined_p_value=combined.combined_p_value,
         combined_significance_sigma=combined.combined_significance_sigma,
         combined_p_value_left_out=combined.left_out,

@@ -303,6 +303,31 @@ def gcn_notice(
     return notice
 
 
+def alert_notice(alert: Mapping[str, Any], *, detectors: Sequence[str]) -> dict[str, Any]:
+    """The notice of an alert revision as the server built it: the detectors online are those
+    it counted (``online_detector_names``; an alert from before that field: its members
+    only), the sky map its localization's FITS URL."""
+    alert = _mapping(alert)
+    localization = alert.get("localization")
+    skymap_url = localization.get("skymap_url") if isinstance(localization, Mapping) else None
+    return gcn_notice(
+        alert,
+        detectors=detectors,
+        online=alert.get("online_detector_names") or (),
+        skymap_url=skymap_url,
+    )
+
+
+def wants_notice(alert: Mapping[str, Any]) -> bool:
+    """Live and fire-drill coincidence revisions become notices; test and canary alerts (the
+    canary's every few minutes) and significance-tier alerts (no coincidence schema) do not."""
+    return (
+        alert.get("alert_kind", "coincidence") == "coincidence"
+        and alert.get("is_test") is not True
+        and alert.get("is_canary") is not True
+    )
+
+
 def notice_file_name(alert: Mapping[str, Any]) -> str:
     """``<alert_id>-<revision>.json``; refuses ids that are not one plain file-name part."""
     alert = _mapping(alert)

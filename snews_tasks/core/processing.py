@@ -7,8 +7,10 @@ which tier goes where, so replay reproduces the worker exactly.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..settings import Settings
 from .alerts import build_alert
@@ -32,6 +34,20 @@ class Outcome:
     alerts: list[dict] = field(default_factory=list)
 
 
+@contextmanager
+def _internal_errors_rejected() -> Iterator[None]:
+    """A bug in the decoder is a MessageError too: a message that crashed the ingest would be
+    read again after every restart and block everything behind it, and the writer and replay
+    must treat it alike."""
+    try:
+        yield
+    except MessageError:
+        raise
+    except Exception as error:
+        log.exception("decoding a message failed")
+        raise MessageError(None, f"internal error while decoding: {error!r}") from error
+
+
 class Processor:
     """Holds the configured rules; stateless between messages."""
 
@@ -43,19 +59,20 @@ class Processor:
         self.online_window_ns = round(settings.detector_online_window_s * NS_PER_S)
         self.engine = CoincidenceEngine(self.threshold_ns, self.lifetime_ns)
 
-    def parse(self, payload: object) -> Message:
-        """Decode and validate; raises MessageError naming the field and the problem. A bug
-        in the decoder is a MessageError too: a message that crashed the ingest would be read
-        again after every restart and block everything behind it, and the writer and replay
-        must treat it alike."""
-        try:
-            data = decode_payload(payload, max_bytes=self.settings.max_payload_bytes)
+    def decode(self, payload: object) -> dict[str, Any]:
+        """The payload as a plain JSON object; raises MessageError naming the field and the
+        problem."""
+        with _internal_errors_rejected():
+            return decode_payload(payload, max_bytes=self.settings.max_payload_bytes)
+
+    def validate(self, data: dict[str, Any]) -> Message:
+        """A decoded payload checked against SPEC section 2."""
+        with _internal_errors_rejected():
             return parse_message(data, detectors=self.settings.detectors)
-        except MessageError:
-            raise
-        except Exception as error:
-            log.exception("decoding a message failed")
-            raise MessageError(None, f"internal error while decoding: {error!r}") from error
+
+    def parse(self, payload: object) -> Message:
+        """Decode and validate."""
+        return self.validate(self.decode(payload))
 
     def check_fresh(self, message: Message, now_ns: int) -> None:
         check_freshness(

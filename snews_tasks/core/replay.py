@@ -147,9 +147,15 @@ class TextSink(Protocol):
 
 
 def replay_lines(
-    lines: Iterable[str], replayer: Replayer, *, out: TextSink, err: TextSink
+    lines: Iterable[str],
+    replayer: Replayer,
+    *,
+    out: TextSink,
+    err: TextSink,
+    on_alert: Callable[[dict], object] = lambda _alert: None,
 ) -> ReplayReport:
-    """Print each alert as a JSON line on `out`; each rejected line, numbered, on `err`."""
+    """Print each alert as a JSON line on `out` (and hand it to `on_alert`); each rejected
+    line, numbered, on `err`."""
     report = ReplayReport()
     for number, line in _numbered(lines):
         report.lines += 1
@@ -162,6 +168,7 @@ def replay_lines(
             continue
         for alert in alerts:
             out.write(json.dumps(alert, sort_keys=True) + "\n")
+            on_alert(alert)
         report.alerts += len(alerts)
     replayer.finish()
     return report

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
+from .gcn import wants_notice
+
 
 class Queue(StrEnum):
     """One queue per serialisation class: the writer's has one consumer, the others scale out."""
@@ -32,6 +34,8 @@ class TaskName(StrEnum):
     STORE_REJECT = "snews.storage.store_reject"
     STORE_HEARTBEAT = "snews.storage.store_heartbeat"
     PUBLISH_ALERT = "snews.kafka.publish_alert"
+    ECHO_CONNECTION_TEST = "snews.kafka.echo_connection_test"
+    PUBLISH_NOTICE = "snews.gcn.publish_notice"
     POST_SLACK = "snews.slack.post_alert"
     CANARY_SEND = "snews.canary.send"
     CANARY_CHECK = "snews.canary.check"
@@ -50,6 +54,7 @@ ROUTES: dict[str, Queue] = {
     "snews.coincidence.*": Queue.COINCIDENCE,
     "snews.storage.*": Queue.STORAGE,
     "snews.kafka.*": Queue.ALERTS,
+    "snews.gcn.*": Queue.ALERTS,
     "snews.slack.*": Queue.SLACK,
     "snews.canary.*": Queue.STORAGE,
     "snews.feedback.*": Queue.STORAGE,
@@ -74,6 +79,7 @@ DELIVERIES: dict[str, tuple[TaskName, ...]] = {
         TaskName.PUBLISH_ALERT,
         TaskName.POST_SLACK,
         TaskName.LOCALIZE,
+        TaskName.PUBLISH_NOTICE,
     ),
     "observation": (TaskName.STORE_OBSERVATIONS,),
     "reject": (TaskName.STORE_REJECT,),
@@ -96,12 +102,14 @@ def needs_localization(alert: Mapping[str, Any]) -> bool:
 
 def deliveries(kind: str, document: Mapping[str, Any]) -> list[TaskName]:
     """The tasks that deliver one outbox entry. Canary alerts skip Slack: the canary proves the
-    path every few minutes, and people need not read that."""
+    path every few minutes, and people need not read that. Only live and fire-drill alerts
+    become GCN notices."""
     return [
         task
         for task in DELIVERIES[kind]
         if not (task is TaskName.POST_SLACK and document.get("is_canary"))
         and not (task is TaskName.LOCALIZE and not needs_localization(document))
+        and not (task is TaskName.PUBLISH_NOTICE and not wants_notice(document))
     ]
 
 
@@ -118,6 +126,8 @@ class FailureKind(StrEnum):
     OPERATIONS_SLACK = "operations_slack"
     MAIL = "mail"
     ALERT_LOCALIZATION = "alert_localization"
+    ALERT_GCN = "alert_gcn"
+    CONNECTION_ECHO = "connection_echo"
 
     @property
     def redrive_task(self) -> TaskName:
@@ -140,4 +150,6 @@ _REDRIVE = {
     FailureKind.OPERATIONS_SLACK: TaskName.POST_SLACK_OPERATIONS,
     FailureKind.MAIL: TaskName.SEND_MAIL,
     FailureKind.ALERT_LOCALIZATION: TaskName.LOCALIZE,
+    FailureKind.ALERT_GCN: TaskName.PUBLISH_NOTICE,
+    FailureKind.CONNECTION_ECHO: TaskName.ECHO_CONNECTION_TEST,
 }

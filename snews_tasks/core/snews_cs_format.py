@@ -97,3 +97,21 @@ def snews_cs_fields(alert: Mapping[str, Any]) -> dict[str, Any]:
         ),
         "sub list number": zlib.crc32(view.alert_id.encode()),
     }
+
+
+def topic_document(alert: Mapping[str, Any], alert_format: str) -> dict[str, Any]:
+    """What the alert topics carry (setting ``alert_format``).
+
+    ``snews_tasks``: the alert as archived. ``with_snews_cs``: the same with the ten keys
+    above beside it, so consumers of either server read what they expect from one message.
+    The one key both have with different values is ``alert_type``: the snews_cs value is
+    kept, because the consumers written against snews_cs branch on it, and nothing is lost:
+    COINC_MSG, UPDATE and RETRACTION map one to one onto NEW, UPDATE and RETRACTION, and
+    ``is_test`` still says what the ``TEST`` prefix says. Test and canary alerts go to the
+    test alert topic in every mode, so snews_cs consumers see them only there.
+    """
+    if alert_format == "snews_tasks" or alert.get("alert_kind") == "significance":
+        return dict(alert)  # snews_cs had no significance-tier alerts to be compatible with
+    if alert_format == "with_snews_cs":
+        return {**alert, **snews_cs_fields(alert)}
+    raise ValueError(f"alert_format: must be snews_tasks or with_snews_cs, got {alert_format!r}")

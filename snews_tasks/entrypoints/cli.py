@@ -143,6 +143,13 @@ def _offline_stream(dry_run_help: str) -> Callable[[F], F]:
     help="localize each coincidence revision as the live system does, print the UPDATE "
     "carrying its localization, and write its FITS map and PNG picture to DIR",
 )
+@click.option(
+    "--gcn-out",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="write the GCN notice each live or fire-drill alert revision would produce to "
+    "DIR/<alert_id>-<revision>.json",
+)
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -151,6 +158,7 @@ def replay(
     state_out: Path | None,
     progress: bool | None,
     skymap_dir: Path | None,
+    gcn_out: Path | None,
 ) -> None:
     """Run a JSONL stream of observation messages through the coincidence engine.
 
@@ -160,8 +168,10 @@ def replay(
     object per line; rejected lines go to stderr with their line number and reason. With
     --skymap-dir, each revision the live system localizes is followed at once by the UPDATE
     that carries its localization (as if the localize worker answered instantly), using the
-    stream's timing-tier messages; the maps go to DIR/<skymap>. Exit status 0 unless STREAM
-    cannot be read, DIR cannot be written or the detector sites file is unusable.
+    stream's timing-tier messages; the maps go to DIR/<skymap>. With --gcn-out, the GCN
+    SNEWS2 notice of each live and fire-drill revision goes to its own file, so the mapping
+    can be checked offline. Exit status 0 unless STREAM cannot be read, a DIR cannot be
+    written or the detector sites file is unusable.
     """
 
     settings = _load(ctx)  # replay touches no service, so it needs no Celery app either
@@ -174,6 +184,7 @@ def replay(
             progress=show,
             out=sys.stdout,
             skymap_dir=skymap_dir,
+            gcn_out=gcn_out,
         )
     except OSError as error:
         where = error.filename or stream

@@ -8,7 +8,9 @@ its CoincidenceTier messages and retractions go, in order, into one
 coincidence task, sent at once when the writer's queue is empty. While the
 writer is busy they are held and gathered with the next polls' (up to
 `MAX_BATCH`), so under load each task carries as much as the writer could
-not take meanwhile.
+not take meanwhile. A connection test of snews-pt (`core.connection_test`)
+gives its echo task, at most `connection_test_echoes_per_minute` per detector,
+and its archive record; it is neither a heartbeat nor an observation.
 
 Delivery: every task carries a receipt id, set in the state Redis when a
 worker starts it (`tasks/receipts.py`). A poll's offsets are committed only
@@ -39,7 +41,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Protocol
+from typing import Any, Protocol
 
 import confluent_kafka
 import redis
@@ -65,6 +67,7 @@ from ..adapters.receipts import (
 from ..adapters.redis_clients import redis_client
 from ..adapters.redis_keys import KEYS
 from ..core.backoff import Backoff
+from ..core.connection_test import EchoLimiter, archived, echo_of, is_connection_test
 from ..core.errors import MessageError
 from ..core.heartbeat_feedback import heartbeat_from_record
 from ..core.messages import Message, Tier
@@ -171,6 +174,7 @@ class Ingest:
 
     def __init__(self, settings: Settings, consumer_factory: SourceFactory, broker: Broker) -> None:
         self.processor = Processor(settings)
+        self.echo_limiter = EchoLimiter(settings.connection_test_echoes_per_minute)
         self.consumer_factory = consumer_factory
         self.celery = broker
         self.state = redis_client(
@@ -265,7 +269,7 @@ class Ingest:
             self._read_error = error.str()
             log.warning("reading the observation topic: %s", error.str())
 
-    def _parse(self, message: confluent_kafka.Message) -> Message:
+    def _decode(self, message: confluent_kafka.Message) -> dict[str, Any]:
         written_as = hop_format(message)
         if written_as not in OBSERVATION_FORMATS:
             raise MessageError(
@@ -273,7 +277,25 @@ class Ingest:
                 f"hop message format {written_as!r} does not carry "
                 "an observation message (expected blob or json)",
             )
-        return self.processor.parse(message.value() or b"")
+        return self.processor.decode(message.value() or b"")
+
+    def _connection_test(self, data: dict[str, Any], received_ns: int) -> list[tuple[str, object]]:
+        """snews-pt's connection test: its echo (unless the detector's echoes this minute are
+        used up) and its archive record; never a heartbeat or an observation."""
+        echo = echo_of(data, detectors=self.processor.settings.detectors)
+        detector = str(echo["detector_name"])
+        echoed = self.echo_limiter.allow(detector, time.monotonic())
+        if not echoed:
+            log.warning(
+                "connection test from %s not echoed: %d echoes in the last minute already",
+                detector,
+                self.echo_limiter.per_minute,
+            )
+        record = archived(data, received_time_utc=format_time_ns(received_ns), echoed=echoed)
+        tasks: list[tuple[str, object]] = [(TaskName.STORE_OBSERVATION, record)]
+        if echoed:
+            tasks.append((TaskName.ECHO_CONNECTION_TEST, echo))
+        return tasks
 
     def _check_heartbeat(self, document: dict) -> None:
         """A heartbeat the feedback rule could not use (no sent time, one beyond the future
@@ -292,7 +314,12 @@ class Ingest:
         counts = {"received": len(messages), "enqueued": 0, "rejected": 0}
         for message in messages:
             try:
-                parsed = self._parse(message)
+                data = self._decode(message)
+                if is_connection_test(data):
+                    tasks += self._connection_test(data, received_ns)
+                    counts["enqueued"] += 1
+                    continue
+                parsed = self.processor.validate(data)
                 task, document = task_for(parsed, received_ns)
                 if parsed.tier is Tier.HEARTBEAT:
                     self._check_heartbeat(document)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from ..core.gcn import alert_notice, notice_file_name, wants_notice
 from ..core.heartbeat_feedback import replay_heartbeats
 from ..core.localization_request import attach_payload, request_of
 from ..core.processing import Processor
@@ -53,6 +54,18 @@ def skymap_localizer(settings: Settings, directory: Path) -> Localizer:
     return localize
 
 
+def notice_writer(settings: Settings, directory: Path) -> Callable[[dict], None]:
+    """Writes the GCN notice of each alert revision that gets one, as the notice task would."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def write(alert: dict) -> None:
+        if wants_notice(alert):
+            notice = alert_notice(alert, detectors=settings.detectors)
+            (directory / notice_file_name(alert)).write_text(json.dumps(notice, indent=2) + "\n")
+
+    return write
+
+
 def replay_file(
     settings: Settings,
     stream: Path,
@@ -61,10 +74,13 @@ def replay_file(
     progress: bool,
     out: TextIO,
     skymap_dir: Path | None = None,
+    gcn_out: Path | None = None,
 ) -> ReplayReport:
-    """Alerts to `out`, rejected lines to stderr; raises OSError if `stream` cannot be read
-    (or `skymap_dir` written), SiteError if the sites file is unusable."""
+    """Alerts to `out`, rejected lines to stderr, each live or fire-drill revision's GCN notice
+    to `gcn_out`/<alert_id>-<revision>.json; raises OSError if `stream` cannot be read (or
+    `skymap_dir` or `gcn_out` written), SiteError if the sites file is unusable."""
     size = stream.stat().st_size
+    on_alert = (lambda _alert: None) if gcn_out is None else notice_writer(settings, gcn_out)
     localizer = None if skymap_dir is None else skymap_localizer(settings, skymap_dir)
     replayer = Replayer(Processor(settings), localizer)
     with (
@@ -84,7 +100,7 @@ def replay_file(
                 bar.update(len(line.encode("utf-8", "surrogateescape")))
                 yield line
 
-        report = replay_lines(lines(), replayer, out=out, err=_BarSafe(bar))
+        report = replay_lines(lines(), replayer, out=out, err=_BarSafe(bar), on_alert=on_alert)
     if state_out is not None:
         state_out.write_text(json.dumps(replayer.state(), indent=2) + "\n")
     return report

@@ -35,7 +35,7 @@ from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from ..core.backoff import capped_delay
-from ..settings import Settings
+from ..settings import Settings, gcn_credentials
 from . import localstack
 from .localstack import Service
 from .process_groups import stop_group
@@ -228,11 +228,17 @@ class Stack:
 
     def _kafka(self) -> None:
         host, port = _host_port(self.settings.kafka_url, 9092, "kafka")
-        topics = [
-            self.settings.observation_topic,
-            self.settings.alert_topic,
-            self.settings.test_alert_topic,
-        ]
+        topics = list(
+            dict.fromkeys(
+                [
+                    self.settings.observation_topic,
+                    self.settings.alert_topic,
+                    self.settings.test_alert_topic,
+                    self.settings.connection_test_topic,
+                    *([] if gcn_credentials(self.settings) else [self.settings.gcn_notice_topic]),
+                ]
+            )
+        )
         if _answers(host, port):
             localstack.create_topics(f"{host}:{port}", topics)
             self.say(f"kafka: using the broker at {host}:{port}; topics {', '.join(topics)}")
@@ -287,6 +293,9 @@ class Stack:
             "SNEWS_MODE": self.settings.mode,
             "PYTHONUNBUFFERED": "1",
         }
+        if _host_port(self.settings.kafka_url, 9092, "kafka")[0] in LOCAL_HOSTS:
+            # A collaboration mode's topics on a local broker, which has no accounts.
+            env["SNEWS_HOP_AUTH"] = "false"
         self._start = functools.partial(start_process, cwd=cwd, env=env, output=output)
         for entry in entries:
             if self.stopping.is_set():

@@ -40,6 +40,7 @@ TASK_MODULES = [
     "snews_tasks.tasks.coincidence",
     "snews_tasks.tasks.storage",
     "snews_tasks.tasks.kafka",
+    "snews_tasks.tasks.gcn",
     "snews_tasks.tasks.slack",
     "snews_tasks.tasks.canary",
     "snews_tasks.tasks.receipts",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..adapters.kafka_alerts import AlertPublisher, open_publisher
 from ..adapters.retry_policies import kafka_policy
-from ..core.documents import alert_key
+from ..core.documents import alert_key, require_str
 from ..core.routing import FailureKind, TaskName
 from .app import app
 from .base import Delivered, DeliveryTask
@@ -26,5 +26,20 @@ def publish_alert(self: DeliveryTask, alert: dict) -> Delivered:
         records={alert_key(alert): alert},
         policy=kafka_policy(settings()),
         attempt=lambda: publisher.publish(alert),
+    )
+    return Delivered.DELIVERED
+
+
+@app.task(base=DeliveryTask, name=TaskName.ECHO_CONNECTION_TEST, bind=True)
+def echo_connection_test(self: DeliveryTask, echo: dict) -> Delivered:
+    """Write a connection test's echo (`core.connection_test`) to the connection-test topic,
+    where `snews_pt test-connection` waits for it. The ingest bounds how many it sends."""
+    publisher = alert_publisher()
+    detector = require_str(echo, "detector_name", "connection test")
+    self.deliver(
+        kind=FailureKind.CONNECTION_ECHO,
+        records={f"{detector}:{echo.get('uuid')}": echo},
+        policy=kafka_policy(settings()),
+        attempt=lambda: publisher.send(echo, topic=settings().connection_test_topic, key=detector),
     )
     return Delivered.DELIVERED

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -51,7 +52,8 @@ from ..entrypoints.process_groups import (  # workers stop like servers
     signal_group,
     spawn_logged,
 )
-from .builders import Run, observation_at
+from ..settings import KNOWN_DETECTORS
+from .builders import Run, observation_at, retraction
 from .slack_api import FakeSlackApi
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,6 +85,56 @@ def live_observation(detector: str, t_ns: int, *, p_val: float | None = 0.01) ->
     """A CoincidenceTier observation at an absolute time (live mode refuses stale ones), with
     a random uuid: streams of several runs never collide."""
     return observation_at(detector, t_ns, p_val=p_val, uuid=str(uuidlib.uuid4()))
+
+
+#: Neutrino times of `fault_stream` fall within this many seconds before now: dense enough for
+#: accidental coincidences besides the bursts, well inside the 24 h cache lifetime.
+SPAN_S = 12 * 3600
+T_S = 10  # the coincidence window of the test settings
+
+
+def fault_stream(rng: random.Random, now_ns: int, size: int) -> list[Message]:
+    """Observations of the 20 detectors with every kind of message the writer must order.
+
+    A burst is 2-6 detectors within 5 s; a supersede is a detector again within T of
+    one of its observations; a repeat is an earlier message again, same uuid; a
+    retraction names one of the detector's own observations or its latest 1-2.
+    """
+    detectors = list(KNOWN_DETECTORS)
+    stream: list[Message] = []
+    observed: list[Message] = []
+
+    def observe(detector: str, t_ns: int) -> None:
+        message = live_observation(detector, t_ns, p_val=round(rng.uniform(0.001, 0.5), 4))
+        stream.append(message)
+        observed.append(message)
+
+    def any_time() -> int:
+        return now_ns - rng.randrange(60 * S, SPAN_S * S)
+
+    while len(stream) < size:
+        roll = rng.random()
+        if roll < 0.05 and stream:
+            stream.append(rng.choice(stream))
+        elif roll < 0.09 and observed:
+            target = rng.choice(observed)
+            stream.append(retraction(target.detector_name, target=target.uuid))
+        elif roll < 0.11:
+            stream.append(retraction(rng.choice(detectors), latest_n=rng.randint(1, 2)))
+        elif roll < 0.20 and observed:
+            earlier = rng.choice(observed)
+            assert earlier.neutrino_time_ns is not None  # a CoincidenceTier observation
+            observe(
+                earlier.detector_name,
+                earlier.neutrino_time_ns + rng.randrange(-(T_S - 1) * S, (T_S - 1) * S),
+            )
+        elif roll < 0.26:
+            start = any_time()
+            for detector in rng.sample(detectors, rng.randint(2, 6)):
+                observe(detector, start + rng.randrange(0, 5 * S))
+        else:
+            observe(rng.choice(detectors), any_time())
+    return stream[:size]
 
 
 class ClockedSlackApi(FakeSlackApi):

@@ -49,25 +49,20 @@ from typing import Any, NamedTuple
 import confluent_kafka
 import pytest
 
-from snews_tasks.testing.builders import Run, retraction
+from snews_tasks.testing.builders import Run
 from snews_tasks.testing.pipeline import (S, ClockedSlackApi, Pipeline, Worker, applied_order,
-                      assert_matches_reference, live_observation, redeliver_unacked,
+                      assert_matches_reference, fault_stream, redeliver_unacked,
                       start_ingest, unique_alerts)
 from snews_tasks.entrypoints import localstack
 from snews_tasks.tasks.app import app
 from snews_tasks.adapters.redis_keys import KEYS
 from snews_tasks.entrypoints.process_groups import signal_group  # a crash, not a shutdown
 from snews_tasks.core.messages import Message, Tier
-from snews_tasks.settings import KNOWN_DETECTORS
 
 pytestmark = pytest.mark.faults
 
 STREAM_SIZE = 2000
 PUBLISH_S = 25.0
-# Neutrino times fall within this many seconds before now: dense enough for accidental
-# coincidences besides the bursts, well inside the 24 h cache lifetime.
-SPAN_S = 12 * 3600
-T_S = 10  # the coincidence window of the test settings
 # Retries that outlast every outage here (the longest, MongoDB's, is 30 s): an attempt against
 # a dead service fails within seconds, and 40 of them at up to 4 s apart take minutes.
 PATIENT_RETRIES = {"SNEWS_RETRY_MAX": "40", "SNEWS_RETRY_BACKOFF_S": "0.5",
@@ -80,49 +75,6 @@ DRAIN_TIMEOUT_S = 240.0  # only a lost or stuck message reaches it
 RETRIED = re.compile(r"^.*: attempt \d+ failed .*retrying in", re.MULTILINE)
 SLACK_KEY = re.compile(r"alert (\S+) rev (\d+)")
 RESENT = re.compile(r"sending it again \(uuids: ([^)]*)\)")
-
-
-# -- the stream ----------------------------------------------------------------------------------
-
-def fault_stream(rng: random.Random, now_ns: int, size: int) -> list[Message]:
-    """Observations of the 20 detectors with every kind of message the writer must order.
-
-    A burst is 2-6 detectors within 5 s; a supersede is a detector again within T of
-    one of its observations; a repeat is an earlier message again, same uuid; a
-    retraction names one of the detector's own observations or its latest 1-2.
-    """
-    detectors = list(KNOWN_DETECTORS)
-    stream: list[Message] = []
-    observed: list[Message] = []
-
-    def observe(detector: str, t_ns: int) -> None:
-        message = live_observation(detector, t_ns, p_val=round(rng.uniform(0.001, 0.5), 4))
-        stream.append(message)
-        observed.append(message)
-
-    def any_time() -> int:
-        return now_ns - rng.randrange(60 * S, SPAN_S * S)
-
-    while len(stream) < size:
-        roll = rng.random()
-        if roll < 0.05 and stream:
-            stream.append(rng.choice(stream))
-        elif roll < 0.09 and observed:
-            target = rng.choice(observed)
-            stream.append(retraction(target.detector_name, target=target.uuid))
-        elif roll < 0.11:
-            stream.append(retraction(rng.choice(detectors), latest_n=rng.randint(1, 2)))
-        elif roll < 0.20 and observed:
-            earlier = rng.choice(observed)
-            observe(earlier.detector_name,
-                    earlier.neutrino_time_ns + rng.randrange(-(T_S - 1) * S, (T_S - 1) * S))
-        elif roll < 0.26:
-            start = any_time()
-            for detector in rng.sample(detectors, rng.randint(2, 6)):
-                observe(detector, start + rng.randrange(0, 5 * S))
-        else:
-            observe(rng.choice(detectors), any_time())
-    return stream[:size]
 
 
 class ObservationProducer(threading.Thread):

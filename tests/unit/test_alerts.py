@@ -17,7 +17,7 @@ PUBLISHED_ORDER = [
     "alert_id", "revision", "alert_type", "reason", "merged_into", "detector_names",
     "neutrino_times_utc", "p_values", "observation_uuids", "initial_neutrino_time_utc",
     "false_alarm_rate_per_year", "false_alarm_rate_reason", "detectors_online",
-    "combined_p_value", "combined_significance_sigma", "combined_p_value_left_out",
+    "online_detector_names", "combined_p_value", "combined_significance_sigma", "combined_p_value_left_out",
     "combined_p_value_reason", "localization", "alert_kind", "is_test",
     "is_firedrill", "is_canary", "server_tag", "sent_time_utc", "schema_version",
 ]
@@ -85,6 +85,7 @@ BAD_FIELDS = [
     ("false_alarm_rate_per_year", -1.0),
     ("false_alarm_rate_per_year", "0.1"),
     ("detectors_online", 2.0),
+    ("online_detector_names", "Super-K"),
     ("is_test", "false"),
     ("is_firedrill", 1),
     ("is_canary", None),

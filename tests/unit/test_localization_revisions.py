@@ -161,9 +161,14 @@ def test_which_alert_revisions_are_localized(fields: dict, wanted: bool) -> None
     assert (TaskName.LOCALIZE in deliveries("alert", alert(**fields))) is wanted
 
 
-def test_every_alert_is_stored_and_published_and_canaries_skip_slack() -> None:
+def test_every_alert_is_stored_and_published_canaries_skip_slack_and_tests_gcn() -> None:
     assert deliveries("alert", alert()) == [TaskName.STORE_ALERT, TaskName.PUBLISH_ALERT,
-                                            TaskName.POST_SLACK, TaskName.LOCALIZE]
-    assert deliveries("alert", alert(is_canary=True)) == [TaskName.STORE_ALERT,
-                                                          TaskName.PUBLISH_ALERT]
+                                            TaskName.POST_SLACK, TaskName.LOCALIZE,
+                                            TaskName.PUBLISH_NOTICE]
+    assert deliveries("alert", alert(is_firedrill=True))[-1] is TaskName.PUBLISH_NOTICE
+    assert deliveries("alert", alert(is_test=True)) == [TaskName.STORE_ALERT,
+                                                        TaskName.PUBLISH_ALERT,
+                                                        TaskName.POST_SLACK, TaskName.LOCALIZE]
+    assert deliveries("alert", alert(is_canary=True, is_test=True)) == [TaskName.STORE_ALERT,
+                                                                        TaskName.PUBLISH_ALERT]
     assert deliveries("observation", {}) == [TaskName.STORE_OBSERVATIONS]
