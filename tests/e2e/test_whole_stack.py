@@ -25,6 +25,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import confluent_kafka
 import pymongo
@@ -99,16 +100,25 @@ def descendants(root: int) -> set[ProcessId]:
 # --- the stack ------------------------------------------------------------------------------------
 
 class WholeStack:
-    """One `snews-tasks --mode test up` subprocess, its settings and its combined output."""
+    """One `snews-tasks --mode MODE up` subprocess, its settings and its combined output.
 
-    def __init__(self, work_dir: Path, slack: FakeSlackApi) -> None:
+    In test mode the topics get fresh names; another mode keeps its own (its config file's),
+    given in `topics` as observation, alert and test_alert, on the stack's fresh broker."""
+
+    def __init__(self, work_dir: Path, slack: FakeSlackApi, *, mode: str = "test",
+                 topics: dict[str, str] | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.work_dir = work_dir
         self.log_path = work_dir / "up.log"
         self.slack = slack
         suffix = uuid.uuid4().hex[:8]
-        self.observation_topic = f"e2e-observations-{suffix}"
-        self.alert_topic = f"e2e-alerts-{suffix}"
-        self.test_alert_topic = f"e2e-alerts-test-{suffix}"
+        own_topics = topics is None
+        topics = topics or {"observation": f"e2e-observations-{suffix}",
+                            "alert": f"e2e-alerts-{suffix}",
+                            "test_alert": f"e2e-alerts-test-{suffix}"}
+        self.observation_topic = topics["observation"]
+        self.alert_topic = topics["alert"]
+        self.test_alert_topic = topics["test_alert"]
         redis_port, kafka_port, mongo_port, flower_port, smtp_port, console_port = (
             localstack.free_port() for _ in range(6))
         self.kafka_address = f"127.0.0.1:{kafka_port}"
@@ -128,14 +138,15 @@ class WholeStack:
             "SNEWS_FLOWER_PORT": str(flower_port),
             "SNEWS_SMTP_PORT": str(smtp_port), "SNEWS_CONSOLE_PORT": str(console_port),
             "SNEWS_SLACK_TOKEN": SLACK_TOKEN, "SNEWS_SLACK_BASE_URL": slack.base_url,
-            "SNEWS_OBSERVATION_TOPIC": self.observation_topic,
-            "SNEWS_ALERT_TOPIC": self.alert_topic,
-            "SNEWS_TEST_ALERT_TOPIC": self.test_alert_topic,
+            **({"SNEWS_OBSERVATION_TOPIC": self.observation_topic,
+                "SNEWS_ALERT_TOPIC": self.alert_topic,
+                "SNEWS_TEST_ALERT_TOPIC": self.test_alert_topic} if own_topics else {}),
+            **(extra_env or {}),
         }
         with self.log_path.open("wb") as log:
             # Its own session: a Ctrl-C of pytest reaches the fixture, not `up` behind its back.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "snews_tasks", "--mode", "test", "up"],
+                [sys.executable, "-m", "snews_tasks", "--mode", mode, "up"],
                 env=self.env, cwd=work_dir, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -218,16 +229,23 @@ def _ready(stack: WholeStack) -> bool:
     return checks["queue consumers"]["ok"] and checks["ingest"]["ok"]
 
 
-@pytest.fixture(scope="module")
-def _whole_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeStack]:
+@contextlib.contextmanager
+def running_stack(work_dir: Path, **options: Any) -> Iterator[WholeStack]:
+    """A ready stack (see WholeStack for the options), cleaned up however the block ends."""
     with FakeSlackApi() as slack:
-        stack = WholeStack(tmp_path_factory.mktemp("whole-stack"), slack)
+        stack = WholeStack(work_dir, slack, **options)
         try:
             stack.wait_until(lambda: _ready(stack),
                              "`snews-tasks up` ready (status: queue consumers and ingest OK)")
             yield stack
         finally:
             stack.clean_up()
+
+
+@pytest.fixture(scope="module")
+def _whole_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeStack]:
+    with running_stack(tmp_path_factory.mktemp("whole-stack")) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -365,15 +365,21 @@ def _uses(path: Path, names: set[str]) -> bool:
 
 
 def test_only_the_operator_cli_can_redrive_failures() -> None:
-    """What a Kafka message can reach: the ingest's tasks, then the writer's deliveries (and
-    the localize task's result, back to the writer; a significance-tier alert's deliveries).
-    None of them lists or re-drives failure records; only `snews-tasks failed` does."""
+    """What a Kafka message can reach: the ingest's tasks (a connection test: its echo and its
+    archive record), then the writer's deliveries (and the localize task's result, back to
+    the writer; a significance-tier alert's deliveries). None of them lists or re-drives
+    failure records; only `snews-tasks failed` does."""
+    ingest = Path(REPO / "snews_tasks" / "entrypoints" / "ingest.py").read_text()
+    assert set(re.findall(r"TaskName\.([A-Z_]+)", ingest)) == {
+        "PROCESS", "STORE_HEARTBEAT", "STORE_OBSERVATION", "STORE_REJECT",
+        "ECHO_CONNECTION_TEST"}
     assert set(TASK_FOR_TIER.values()) | {TaskName.STORE_REJECT} == {
         TaskName.PROCESS, "snews.storage.store_heartbeat", "snews.storage.store_observation",
         TaskName.STORE_REJECT}
     assert {task for tasks in DELIVERIES.values() for task in tasks} == {
         "snews.storage.store_alert", "snews.storage.store_observations", TaskName.STORE_REJECT,
-        "snews.kafka.publish_alert", "snews.slack.post_alert", "snews.localization.localize"}
+        "snews.kafka.publish_alert", "snews.slack.post_alert", "snews.localization.localize",
+        "snews.gcn.publish_notice"}
     package = REPO / "snews_tasks"
     def users(names: set[str]) -> set[str]:
         return {str(path.relative_to(package)) for path in package.rglob("*.py")

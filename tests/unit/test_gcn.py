@@ -14,12 +14,16 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
 
-from snews_tasks.core.gcn import AlertFieldError, gcn_notice, notice_file_name
+from snews_tasks.testing.gcn_schema import SCHEMA_DIR, schema_errors
+from snews_tasks.core.gcn import (
+    AlertFieldError,
+    alert_notice,
+    gcn_notice,
+    notice_file_name,
+    wants_notice,
+)
 
-SCHEMA_DIR = Path(__file__).parent.parent / "data" / "gcn-schema"
 DETECTORS = (
     "Baksan", "Borexino", "DS-20K", "DUNE", "HALO", "HALO-1kT", "Hyper-K", "IceCube", "JUNO",
     "KM3NeT", "KamLAND", "LVD", "LZ", "MicroBooNe", "NOvA", "PandaX-4T", "SBND", "SNO+",
@@ -31,24 +35,6 @@ NOW_NS = (datetime.now(UTC) - EPOCH) // timedelta(microseconds=1) * 1000
 SECONDS_PER_YEAR = 365.25 * 24 * 3600
 # The form the core DateTime schema's description gives (it has no format or pattern).
 GCN_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
-
-
-def _validator() -> Draft202012Validator:
-    """The SNEWS2 schema with its core references, each registered under its $id."""
-    core = [json.loads(p.read_text()) for p in sorted((SCHEMA_DIR / "core").glob("*.json"))]
-    registry: Registry[Any] = Registry().with_resources(
-        (schema["$id"], Resource.from_contents(schema)) for schema in core
-    )
-    schema = json.loads((SCHEMA_DIR / "snews2" / "coincidence.schema.json").read_text())
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, registry=registry)
-
-
-VALIDATOR = _validator()
-
-
-def schema_errors(notice: dict[str, Any]) -> list[str]:
-    return [f"{list(e.absolute_path)}: {e.message}" for e in VALIDATOR.iter_errors(notice)]
 
 
 def iso_ns(t_ns: int) -> str:
@@ -294,3 +280,22 @@ def test_a_lone_string_is_not_taken_for_a_list_of_detectors(argument: str) -> No
 def test_an_alert_id_that_is_no_plain_file_name_gets_no_file_name(alert_id: str) -> None:
     with pytest.raises(AlertFieldError, match="^alert_id: "):
         notice_file_name(sample_alert() | {"alert_id": alert_id})
+
+
+def test_the_task_notice_takes_online_detectors_and_sky_map_from_the_alert() -> None:
+    alert = {**sample_alert(), "online_detector_names": ["IceCube", "JUNO", "KamLAND", "Super-K"],
+             "localization": {"skymap_url": "https://snews.example/skymaps/C000042-3.fits"}}
+    notice = alert_notice(alert, detectors=DETECTORS)
+    assert schema_errors(notice) == []
+    assert notice["healpix_url"] == "https://snews.example/skymaps/C000042-3.fits"
+    assert {d for d, s in notice["detector_status"].items() if s == "on"} == {"JUNO"}
+    older = alert_notice(sample_alert(), detectors=DETECTORS)  # before online_detector_names
+    assert "on" not in older["detector_status"].values() and "healpix_url" not in older
+
+
+@pytest.mark.parametrize(("fields", "wanted"), [
+    ({}, True), ({"is_firedrill": True}, True), ({"is_test": True}, False),
+    ({"is_canary": True, "is_test": True}, False), ({"alert_kind": "significance"}, False),
+])
+def test_live_and_fire_drill_coincidences_get_notices(fields: dict, wanted: bool) -> None:
+    assert wants_notice({**sample_alert(), **fields}) is wanted

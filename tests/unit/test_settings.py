@@ -3,9 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import snews_pt
 
 from snews_tasks.settings import (
-    KNOWN_DETECTORS, Settings, SettingsError, describe_settings, load_settings,
+    KNOWN_DETECTORS, Settings, SettingsError, describe_settings, gcn_credentials, load_settings,
     require_console_auth,
     require_flower_auth,
 )
@@ -200,3 +201,43 @@ def test_console_follows_flowers_rule_and_smtp_login_comes_in_pairs() -> None:
     assert "SNEWS_SMTP_TLS (environment): 'ssl3' must be one of none, starttls, tls" in str(
         raised.value)
     assert "hunter2" not in str(raised.value)
+
+
+def _snews_pt_topics(profile: str) -> dict[str, str]:
+    """Topic names in snews-pt 3.0.0's shipped broker profile (auxiliary/<profile>-config.env)."""
+    text = (Path(snews_pt.__file__).parent / "auxiliary" / f"{profile}-config.env").read_text()
+    return {key: value.strip('"').rsplit("/", 1)[-1]
+            for key, _, value in (line.partition("=") for line in text.splitlines())
+            if key.endswith("TOPIC") and value.strip('"')}
+
+
+@pytest.mark.parametrize(("mode", "profile", "observations", "alerts"), [
+    ("dev", "dev", "OBSERVATION_TOPIC", "ALERT_TOPIC"),
+    ("firedrill", "prod", "FIREDRILL_OBSERVATION_TOPIC", "FIREDRILL_ALERT_TOPIC"),
+    ("production", "prod", "OBSERVATION_TOPIC", "ALERT_TOPIC"),
+])
+def test_collaboration_modes_use_the_topics_snews_pt_ships(mode: str, profile: str,
+                                                           observations: str,
+                                                           alerts: str) -> None:
+    settings = load_settings(mode, FLOWER_AUTH)
+    shipped = _snews_pt_topics(profile)
+    assert settings.observation_topic == shipped[observations]
+    assert settings.alert_topic == shipped[alerts]
+    assert settings.connection_test_topic == shipped["CONNECTION_TEST_TOPIC"]
+    # The canary's test alerts every few minutes never reach the collaboration's subscribers.
+    assert settings.test_alert_topic not in shipped.values()
+    assert settings.alert_format == "with_snews_cs" and settings.hop_auth == "true"
+
+
+def test_gcn_credentials_come_in_pairs_and_only_from_the_environment(tmp_path: Path) -> None:
+    assert gcn_credentials(load_settings("local", {})) is None
+    pair = {"SNEWS_GCN_CLIENT_ID": "client", "SNEWS_GCN_CLIENT_SECRET": "hunter2"}
+    assert gcn_credentials(load_settings("local", pair)) == ("client", "hunter2")
+    with pytest.raises(SettingsError, match="SNEWS_GCN_CLIENT_ID and SNEWS_GCN_CLIENT_SECRET"):
+        load_settings("local", {"SNEWS_GCN_CLIENT_ID": "client"})
+    environ = write_config(tmp_path, "local", "SNEWS_GCN_CLIENT_SECRET=hunter2\n")
+    with pytest.raises(SettingsError, match="only in the environment") as raised:
+        load_settings("local", environ)
+    assert "hunter2" not in str(raised.value)
+    with pytest.raises(SettingsError, match="must be one of gcn.nasa.gov, test.gcn.nasa.gov"):
+        load_settings("local", {"SNEWS_GCN_DOMAIN": "gcn.example"})

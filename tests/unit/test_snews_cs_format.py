@@ -22,7 +22,7 @@ from hypothesis import given
 from test_gcn import alert_time_ns, gcn_time_ns, project_alerts, sample_alert
 
 from snews_tasks.core.gcn import AlertFieldError
-from snews_tasks.core.snews_cs_format import snews_cs_fields
+from snews_tasks.core.snews_cs_format import snews_cs_fields, topic_document
 
 KEYS = (
     "id", "alert_type", "server_tag", "False Alarm Prob", "detector_names", "sent_time",
@@ -192,3 +192,24 @@ def test_snews_pt_plugin_path_hands_on_each_saved_alert(
     sub, alerts, _ = subscriber
     files = sub.subscribe_and_redirect_alert(outputfolder=str(tmp_path / "out"), auth=False)
     assert [json.loads(Path(file).read_text()) for file in files] == alerts
+
+
+@given(project_alerts())
+def test_the_topic_carries_the_alert_and_with_snews_cs_also_their_keys(
+        alert: dict[str, Any]) -> None:
+    assert topic_document(alert, "snews_tasks") == alert
+    both = topic_document(alert, "with_snews_cs")
+    assert {k: v for k, v in both.items() if k in KEYS} == snews_cs_fields(alert)
+    # Only alert_type changes meaning, and it maps back one to one (with is_test alongside).
+    changed = {k for k in alert if both[k] != alert[k]}
+    assert changed <= {"alert_type"}
+    back = {"COINC_MSG": "NEW", "UPDATE": "UPDATE", "RETRACTION": "RETRACTION"}
+    assert back[both["alert_type"].removeprefix("TEST ")] == alert["alert_type"]
+    assert both["alert_type"].startswith("TEST ") is alert["is_test"]
+
+
+def test_significance_alerts_keep_their_own_form_and_formats_are_checked() -> None:
+    significance = {"alert_kind": "significance", "alert_id": "S1", "revision": 1}
+    assert topic_document(significance, "with_snews_cs") == significance
+    with pytest.raises(ValueError, match="alert_format: must be snews_tasks or with_snews_cs"):
+        topic_document(sample_alert(), "snews_cs_only")
