@@ -35,7 +35,6 @@ from ..core.heartbeat_feedback import (
     replay_events,
     usable_heartbeats,
 )
-from ..core.heartbeat_plot import timeline_png
 from ..core.routing import TaskName
 from ..core.times import NS_PER_S, format_time_ns, parse_time_ns
 from ..settings import Settings
@@ -174,6 +173,9 @@ def send_summaries(
             continue
         summary = daily_summary(heartbeats, detector, start_ns, end_ns, rule=RULE)
         events = replay_events(heartbeats, end_ns, rule=RULE)
+        # matplotlib takes a second to import: only the first picture's worker pays for it.
+        from ..core.heartbeat_plot import timeline_png
+
         png = timeline_png(heartbeats, detector, start_ns, end_ns, events)
         mail = summary_mail(summary, png, contacts[detector], server_tag=settings.server_tag)
         send(TaskName.SEND_MAIL, mail, {})

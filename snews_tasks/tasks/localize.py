@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from types import ModuleType
 from typing import Any
 
 from celery import signals
@@ -26,7 +27,6 @@ from kombu.exceptions import OperationalError
 
 from ..adapters.retry_policies import localization_policy
 from ..adapters.skymap_store import SkymapStore
-from ..core import alert_localization
 from ..core.documents import alert_key
 from ..core.localization_request import attach_payload, reason_of, request_of
 from ..core.routing import FailureKind, Queue, TaskName
@@ -60,6 +60,15 @@ def skymap_store() -> SkymapStore:
     return resource("skymap-store", open_store)
 
 
+def sky_maps() -> ModuleType:
+    """`core.alert_localization`, imported on first use: the sky-map stack under it (astropy,
+    healpy, matplotlib) takes seconds to import, which only localize workers should pay, not
+    every worker that imports this module to know its tasks."""
+    from ..core import alert_localization
+
+    return alert_localization
+
+
 def skymap_url(name: str) -> str:
     return f"{settings().public_base_url}/skymaps/{name}"
 
@@ -68,6 +77,7 @@ def localize_and_attach(alert: dict[str, Any]) -> str:
     """One attempt: localize, store the files, send the result to the writer."""
     request = request_of(alert)
     window_ns = round(settings().coincidence_threshold_s * NS_PER_S)
+    alert_localization = sky_maps()
     timing = alert_localization.timing_messages_for(
         request,
         lambda detector, t_ns: worker_archive().timing_tier_messages(
@@ -125,7 +135,7 @@ def warm_up(sites: dict[str, Site], nside: int) -> float:
         "detector_names": present,
         "neutrino_times_utc": [format_time_ns(time.time_ns())] * len(present),
     }
-    alert_localization.run(request_of(alert), sites, nside, {}).files()
+    sky_maps().run(request_of(alert), sites, nside, {}).files()
     return time.perf_counter() - started
 
 

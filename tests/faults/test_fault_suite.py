@@ -62,7 +62,7 @@ from snews_tasks.core.messages import Message, Tier
 pytestmark = pytest.mark.faults
 
 STREAM_SIZE = 2000
-PUBLISH_S = 25.0
+PUBLISH_S = 15.0
 # Retries that outlast every outage here (the longest, MongoDB's, is 30 s): an attempt against
 # a dead service fails within seconds, and 40 of them at up to 4 s apart take minutes.
 PATIENT_RETRIES = {"SNEWS_RETRY_MAX": "40", "SNEWS_RETRY_BACKOFF_S": "0.5",

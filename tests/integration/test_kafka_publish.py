@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -9,12 +10,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import confluent_kafka
 import pytest
 from hop.io import StartPosition, Stream
 
 from snews_tasks.testing.builders import utc
 from snews_tasks.entrypoints import localstack
-from snews_tasks.adapters.retry_policies import kafka_policy
+from snews_tasks.adapters.gcn_notices import GcnProducer
+from snews_tasks.adapters.retry_policies import gcn_policy, kafka_policy
 from snews_tasks.settings import Settings, load_settings
 from snews_tasks.adapters.kafka_alerts import AlertPublisher, open_publisher
 from snews_tasks.tasks.writer import PublishFromWriter
@@ -182,3 +185,37 @@ def test_the_writer_publishes_at_once_and_leaves_a_dead_broker_to_the_task(
     finally:
         publisher.close()
         service.stop()
+
+
+def test_gcn_kafkas_producer_delivers_a_notice_and_a_dead_broker_is_retryable(
+        kafka_service: localstack.Service) -> None:
+    """The GCN path's own producer (gcn-kafka), pointed at a local broker in plain text as the
+    tests can: what GCN would receive, and a broker that never answers named retryable."""
+    topic = f"gcn-notices-{uuid.uuid4().hex[:8]}"
+    localstack.create_topics(bootstrap(kafka_service), [topic])
+    plain = {"bootstrap.servers": bootstrap(kafka_service), "security.protocol": "plaintext"}
+    producer = GcnProducer(client_id=None, client_secret=None, domain="test.gcn.nasa.gov",
+                           produce_timeout_s=5, config=plain)
+    notice = {"id": "C1", "record_number": 2, "mission": "SNEWS"}
+    producer.send(notice, topic=topic, key="C1:2")
+    producer.close()
+    consumer = confluent_kafka.Consumer({**plain, "group.id": uuid.uuid4().hex})
+    consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+    try:
+        message = None
+        deadline = time.monotonic() + 20
+        while message is None and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+        assert message is not None and message.error() is None
+        assert json.loads(message.value()) == notice  # plain JSON, as GCN's JSON notices
+        assert message.key() == b"C1:2"
+    finally:
+        consumer.close()
+
+    dead = {**plain, "bootstrap.servers": f"{localstack.HOST}:{localstack.free_port()}"}
+    unreachable = GcnProducer(client_id=None, client_secret=None, domain="gcn.nasa.gov",
+                              produce_timeout_s=1, config=dead)
+    with pytest.raises(Exception) as failed:
+        unreachable.send(notice, topic=topic, key="C1:2")
+    policy = gcn_policy(settings_for(kafka_service.url))
+    assert policy.next_delay(failed.value, 0) is not None, repr(failed.value)
