@@ -1,9 +1,11 @@
 """What arrives from the network, turned into a plain dict; and what is kept of a reject.
 
-Pickles go to the restricted decoder (`pickles`), never to `pickle.loads`. A
-rejected payload is archived with its raw form, encoded once here for every
-caller (the ingest's bytes, the writer's JSON values): text when it is UTF-8,
-else base64, and labelled with which.
+Pickles go to the restricted decoder (`pickles`), never to `pickle.loads`. JSON
+text whose value is a string holding the JSON text of an object is decoded once
+more: snews-pt 3.0.0 writes ``JSONBlob(model.model_dump_json())`` (its connection
+test), which hop encodes as JSON a second time. A rejected payload is archived
+with its raw form, encoded once here for every caller (the ingest's bytes, the
+writer's JSON values): text when it is UTF-8, else base64, and labelled with which.
 """
 
 from __future__ import annotations
@@ -28,20 +30,46 @@ def decode_payload(payload: object, *, max_bytes: int) -> dict[str, Any]:
     """Turn a message body (bytes or text as read from Kafka, or a JSON value a task carried)
     into a plain JSON-type dict."""
     if isinstance(payload, str):
-        try:
-            payload = payload.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise MessageError("payload", f"is not valid Unicode text ({error.reason})") from None
+        payload = _utf8(payload)
     if isinstance(payload, bytes | bytearray | memoryview):
         raw = bytes(payload)
         if len(raw) > max_bytes:
             raise MessageError("payload", f"is {len(raw)} bytes, over the limit of {max_bytes}")
-        payload = decode_pickled_model(raw) if raw.startswith(b"\x80") else _load_json_text(raw)
+        if raw.startswith(b"\x80"):
+            payload = decode_pickled_model(raw)
+        else:
+            payload = _load_json_text(raw)
+            if isinstance(payload, str):
+                payload = _load_json_string(payload)
     if not isinstance(payload, dict):
         raise MessageError("payload", f"must be a JSON object, got {type(payload).__name__}")
     copied = plain_json(payload, max_bytes)
     assert isinstance(copied, dict)
     return copied
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise MessageError("payload", f"is not valid Unicode text ({error.reason})") from None
+
+
+def _load_json_string(text: str) -> dict[str, Any]:
+    """The object whose JSON text a JSON string holds, under the checks of the outer text (the
+    size limit too: unescaping never makes the text longer). One level only: a string holding
+    the JSON text of another string is refused like any other value that is not an object."""
+    where = "(in the JSON text the payload's string holds)"
+    try:
+        value = _load_json_text(_utf8(text))
+    except MessageError as error:
+        raise MessageError(error.field, f"{error.problem} {where}") from None
+    if not isinstance(value, dict):
+        raise MessageError(
+            "payload",
+            f"must be a JSON object, got a string holding JSON text of type {type(value).__name__}",
+        )
+    return value
 
 
 def _load_json_text(raw: bytes) -> object:

@@ -64,6 +64,33 @@ def test_random_json_documents(value):
         outcome(value)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values, st.builds(lambda field, value: {**VALID, field: value},
+                                        st.sampled_from(FIELDS), json_values)))
+def test_json_text_in_a_json_string_is_decoded_exactly_once(value):
+    """An object JSON-encoded twice (snews-pt's JSONBlob(model.model_dump_json())) reads as it
+    does once; any other value in the string, or a third encoding, is refused."""
+    try:
+        once = json.dumps(value, allow_nan=False)
+    except ValueError:  # NaN or an infinity: refused where the JSON text is read, at any level
+        once = json.dumps(value, allow_nan=True)
+        assert outcome(json.dumps(once).encode()) == outcome(once.encode()) == "rejected"
+        return
+    twice = json.dumps(once).encode()
+    if isinstance(value, dict):
+        assert parsed_or_reason(twice) == parsed_or_reason(once.encode())
+    else:
+        assert outcome(twice) == "rejected"
+    assert outcome(json.dumps(twice.decode()).encode()) == "rejected"
+
+
+def parsed_or_reason(payload: bytes) -> Message | str:
+    try:
+        return PROCESSOR.parse(payload)
+    except MessageError as error:
+        return str(error)
+
+
 @settings(max_examples=600, deadline=None)
 @given(st.sampled_from(FIELDS), json_values)
 def test_a_valid_message_with_one_field_replaced(field, value):

@@ -86,6 +86,7 @@ def test_every_tier_parses_alike_from_dict_json_and_pickle(tier: Tier) -> None:
     assert _parse(model.model_dump_json().encode()) == from_pickle
     assert _parse(model.model_dump_json()) == from_pickle
     assert _parse(_wire(JSONBlob(model.model_dump(mode="json")))) == from_pickle
+    assert _parse(_wire(JSONBlob(model.model_dump_json()))) == from_pickle  # JSON in a JSON string
     assert (from_pickle.tier, from_pickle.uuid, from_pickle.detector_name) == (tier, model.uuid, "Super-K")
     assert from_pickle.meta == {"run": 7}
     assert from_pickle.machine_time_utc == model.machine_time_utc
@@ -239,13 +240,30 @@ def _shared_reference_pickle() -> bytes:
     return pickle.dumps(coincidence_model(meta={"copies": [shared] * 500}))
 
 
+def _twice(value: object) -> bytes:
+    """`value` as JSON text inside a JSON string: what hop writes for `JSONBlob(text)`."""
+    return json.dumps(json.dumps(value)).encode()
+
+
+IN_STRING = "(in the JSON text the payload's string holds)"
 BAD_PAYLOADS = [
     (b" " * (LIMIT + 1), "payload", f"is {LIMIT + 1} bytes, over the limit of {LIMIT}"),
     ({"meta": {"text": "x" * LIMIT}}, "payload", f"over the limit of {LIMIT} bytes as JSON"),
     (b'{"detector_name": "Super-\xff"}', "payload", "not valid UTF-8 (byte 0xff at offset 25)"),
     ("{\"detector_name\": \"\ud800\"}", "payload", "not valid Unicode text"),
     (b"[1, 2]", "payload", "must be a JSON object, got list"),
-    (b'"CoincidenceTier"', "payload", "must be a JSON object, got str"),
+    (b'"CoincidenceTier"', "payload", f"is not valid JSON: Expecting value: line 1 column 1 (char 0) {IN_STRING}"),
+    (_twice(json.dumps(COINCIDENCE)), "payload", "must be a JSON object, got a string holding JSON text of type str"),
+    (_twice([COINCIDENCE]), "payload", "must be a JSON object, got a string holding JSON text of type list"),
+    (_twice(12345), "payload", "must be a JSON object, got a string holding JSON text of type int"),
+    (json.dumps('{"uuid": "a", "uuid": "b"}').encode(), "payload", f"JSON object has the key 'uuid' twice {IN_STRING}"),
+    (json.dumps('{"p_val": NaN}').encode(), "payload", f"NaN is not a valid JSON number {IN_STRING}"),
+    (json.dumps("{not json").encode(), "payload", f"is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1) {IN_STRING}"),
+    (b'"{\\"uuid\\": \\"\\ud800\\"}"', "payload", f"is not valid Unicode text (surrogates not allowed) {IN_STRING}"),
+    (json.dumps("[" * 5000 + "]" * 5000).encode(), "payload", f"nested deeper than 32 levels {IN_STRING}"),
+    (_twice({"meta": json.loads(_nested_json(33))["meta"]}), "meta", "nested deeper than 32 levels"),
+    (_twice({**COINCIDENCE, "meta": {"text": "x" * LIMIT}}), "payload", f"bytes, over the limit of {LIMIT}"),
+    (json.dumps('{"p_val": 1e400}').encode(), "p_val", "must be a finite number, got inf"),
     (_wire(JSONBlob([COINCIDENCE])), "payload", "must be a JSON object, got list"),
     (12345, "payload", "must be a JSON object, got int"),
     (b"{not json", "payload", "not valid JSON"),
@@ -280,6 +298,19 @@ def test_limits_accept_payloads_just_inside_them() -> None:
     assert decode_payload(COINCIDENCE, max_bytes=len(compact)) == COINCIDENCE
     with pytest.raises(MessageError, match="over the limit"):
         decode_payload(COINCIDENCE, max_bytes=len(compact) - 1)
+    twice = json.dumps(compact.decode()).encode()
+    assert decode_payload(twice, max_bytes=len(twice)) == COINCIDENCE
+    with pytest.raises(MessageError, match=f"^payload: is {len(twice)} bytes, over the limit"):
+        decode_payload(twice, max_bytes=len(twice) - 1)
+
+
+def test_a_json_string_holding_an_object_s_json_text_is_decoded_once() -> None:
+    """snews-pt's connection test writes JSONBlob(model.model_dump_json()): hop encodes the text
+    as a JSON string, so the object arrives JSON-encoded twice."""
+    text = json.dumps(COINCIDENCE)
+    for payload in (_wire(JSONBlob(text)), json.dumps(text), _twice(COINCIDENCE)):
+        assert decode_payload(payload, max_bytes=LIMIT) == COINCIDENCE
+        assert _parse(payload) == _parse(text.encode())
 
 
 # --- freshness ---------------------------------------------------------------------------------
