@@ -64,6 +64,8 @@ class _JsonCopier:
     def _key(self, key: object, path: tuple[str, ...]) -> str:
         if not isinstance(key, str):
             self._fail(path, f"has a non-string key {show(key)}")
+        if "\x00" in key:  # BSON keys are NUL-terminated: the archive could not store it
+            self._fail(path, f"has a key with a NUL character {show(key)}")
         self._add(self._text_size(key, path) + 1)
         return str(key)
 
