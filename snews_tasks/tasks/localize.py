@@ -20,7 +20,7 @@ import functools
 import logging
 import time
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import signals
 from kombu.exceptions import OperationalError
@@ -37,6 +37,9 @@ from .base import DeliveryTask
 from .context import resource, settings
 from .sender import CelerySender
 from .storage import worker_archive
+
+if TYPE_CHECKING:
+    from ..core.alert_localization import Result
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,9 @@ def localize_and_attach(alert: dict[str, Any]) -> str:
         window_ns,
     )
     started = time.perf_counter()
-    result = alert_localization.run(request, detector_sites(), settings().skymap_nside, timing)
+    result: Result = alert_localization.run(
+        request, detector_sites(), settings().skymap_nside, timing
+    )
     meta = {"alert_id": request.alert_id, "revision": request.revision, "is_test": request.is_test}
     fits_file = result.map_file()
     if fits_file is not None:
