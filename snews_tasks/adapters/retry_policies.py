@@ -170,11 +170,12 @@ def slack_retry_after(error: BaseException) -> float | None:
 
 def slack_policy(settings: Settings) -> RetryPolicy:
     """Slack down, slow or rate limiting (honouring Retry-After); API refusals are permanent.
-    A localized revision's picture is read from MongoDB (GridFS): its outages, and a picture
-    not stored yet, are retried too."""
+    A localized revision's picture is read from MongoDB (GridFS), and what was posted is
+    remembered in the state Redis: their outages, and a picture not stored yet, are retried
+    too."""
     return _policy(
         settings,
-        (*SLACK_RETRYABLE, *MONGO_RETRYABLE, NotStored),
+        (*SLACK_RETRYABLE, *MONGO_RETRYABLE, *REDIS_RETRYABLE, NotStored),
         check=is_transient_slack_error,
         retry_after=slack_retry_after,
     )

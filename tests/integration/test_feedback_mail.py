@@ -4,8 +4,10 @@ SMTP server (aiosmtpd); an SMTP outage delays mail, and a re-drive delivers it."
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,9 @@ from snews_tasks.testing.pipeline import ClockedSlackApi, Pipeline, pipelines, s
 pytestmark = pytest.mark.integration
 SUPERK = "super-k-shifters@example.org"  # config/contacts.local.json
 OPERATIONS = "#snews-ops-test"
+#: The mails the shifters got, kept for reading (docs/examples/ holds a copy).
+ARTIFACTS = (Path(os.environ.get("SNEWS_TEST_ARTIFACTS")
+                  or Path(__file__).resolve().parents[2] / "test-artifacts") / "mail")
 
 
 def smtp_settings(port: int) -> dict[str, str]:
@@ -97,6 +102,11 @@ def test_a_gap_is_archived_posted_and_mailed_and_so_is_its_end(
     assert "heartbeats: 11 (11 ON)" in body and "gaps: 1" in body
     [(name, png)] = list(attachments(summary))
     assert name.startswith("Super-K-heartbeats-") and png.startswith(b"\x89PNG")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for mail in mails_to(smtp_service.data_dir, SUPERK):
+        kind = str(mail["Subject"]).split(": ")[-1].replace(" ", "-")
+        (ARTIFACTS / f"Super-K-{kind}.eml").write_bytes(bytes(mail))
+    print(f"feedback mails saved to {ARTIFACTS}")
 
 
 def test_bad_heartbeats_never_reach_the_rule(

@@ -200,7 +200,7 @@ def test_an_alert_the_writer_published_itself_skips_the_kafka_task(redis_url, br
     [alert] = published
     tasks = [t for t, d in sent if d.get("alert_id") == alert["alert_id"]]
     expected = {"snews.storage.store_alert", "snews.slack.post_alert",
-                "snews.localization.localize"}
+                "snews.localization.localize", "snews.gcn.publish_notice"}
     assert set(tasks) == expected | (set() if broker_has_it else {"snews.kafka.publish_alert"})
     assert svc.outbox.pending() == {}
 
@@ -220,15 +220,15 @@ def test_deliveries_that_never_finish_are_sent_again_until_they_do(redis_url):
     assert resend(svc, 0, False) == 0
     assert resend(svc, 3600, True) == 0
     assert sent == []
-    assert resend(svc, 0, True) == 6
+    assert resend(svc, 0, True) == 7
     def by_task(item: tuple[str, dict]) -> tuple[str, str]:
         return str(item[0]), repr(item[1])
 
-    assert sorted(sent, key=by_task) == sorted(first, key=by_task)  # 2 observations, 4 alerts
+    assert sorted(sent, key=by_task) == sorted(first, key=by_task)  # 2 observations, 5 alerts
 
     sent.clear()
     svc.outbox.deliveries_retrying([key], "snews.slack.post_alert", due_s=60)
-    assert resend(svc, 0, True) == 5
+    assert resend(svc, 0, True) == 6
     assert "snews.slack.post_alert" not in {task for task, _ in sent}
 
     sent.clear()

@@ -5,6 +5,7 @@ import urllib.error
 import adc.errors
 import confluent_kafka
 import pytest
+import redis
 from pymongo.errors import (AutoReconnect, DuplicateKeyError, NetworkTimeout, OperationFailure,
                             ServerSelectionTimeoutError)
 from slack_sdk.errors import SlackApiError
@@ -110,6 +111,8 @@ def test_kafka_policy_classifies(error: BaseException, retryable: bool) -> None:
     (urllib.error.URLError("connection refused"), True),
     (ConnectionResetError("reset"), True),
     (TimeoutError("read timed out"), True),
+    # The state Redis, which remembers what was posted, restarting or failing over.
+    (redis.ConnectionError("Connection closed by server."), True),
     (ValueError("alert: field 'alert_type' ..."), False),
 ])
 def test_slack_policy_classifies(error: BaseException, retryable: bool) -> None:
