@@ -10,7 +10,6 @@ the test prints.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -18,12 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from matplotlib.figure import Figure
 from playwright.sync_api import ConsoleMessage, Page, Request, sync_playwright
 
 from snews_tasks.adapters.skymap_store import SkymapStore
 from snews_tasks.core.routing import TaskName, queue_of
-from snews_tasks.core.times import NS_PER_S
+from snews_tasks.core import alert_localization
+from snews_tasks.core.localization_request import request_of
+from snews_tasks.core.sites import load_sites
+from snews_tasks.core.times import NS_PER_S, format_time_ns
 from snews_tasks.entrypoints import localstack
 from snews_tasks.testing.heartbeats import beats, smtp_service  # noqa: F401
 from snews_tasks.testing.pipeline import (  # noqa: F401
@@ -44,12 +45,15 @@ QUIET = "JUNO"
 BURST = ("Super-K", "IceCube", "KamLAND")
 
 
-def sky_map_picture() -> bytes:
-    figure = Figure(figsize=(4, 2))
-    figure.add_subplot(projection="mollweide").grid(True)
-    png = io.BytesIO()
-    figure.savefig(png, format="png")
-    return png.getvalue()
+def sky_map_picture(alert_id: str, revision: int) -> bytes:
+    """The localization's own picture of the burst's detectors, as if all saw it at once (a
+    direction across the plane of their sites), so the screenshots show a real sky map."""
+    request = request_of({"alert_id": alert_id, "revision": revision, "is_test": False,
+                          "detector_names": list(BURST),
+                          "neutrino_times_utc": [format_time_ns(time.time_ns())] * len(BURST)})
+    files = alert_localization.run(request, load_sites(None), 32, {}).files()
+    [png] = [data for name, data in files.items() if name.endswith(".png")]
+    return png
 
 
 def prepare(pipeline: Pipeline) -> str:
@@ -72,7 +76,8 @@ def prepare(pipeline: Pipeline) -> str:
     pipeline.archive.alerts.update_one(
         {"alert_id": alert_id, "revision": revision}, {"$set": {"localization": {"ra": 1.0}}}
     )
-    SkymapStore(pipeline.archive).put(f"{alert_id}-{revision}.png", sky_map_picture())
+    SkymapStore(pipeline.archive).put(f"{alert_id}-{revision}.png",
+                                      sky_map_picture(alert_id, revision))
     return str(alert_id)
 
 
