@@ -130,12 +130,15 @@ def in_process(count: int) -> tuple[list[Mode], str]:
                            "SNEWS_STATE_REDIS_URL": f"{base}/1",
                            "SNEWS_KAFKA_URL": kafka.url, "SNEWS_ALERT_TOPIC": "alerts",
                            "SNEWS_CACHE_LIFETIME_S": str(CACHE_LIFETIME_S)})
+        from snews_tasks.adapters.receipts import Receipts
         from snews_tasks.tasks.coincidence import service  # reads the settings at import
+        from snews_tasks.tasks.context import state_redis
 
         svc = service()
+        receipts = Receipts(state_redis())
 
         def task(payloads: list[dict]) -> None:
-            svc.store.mark_received(uuidlib.uuid4().hex)  # the worker's task_prerun does this
+            receipts.mark_received(uuidlib.uuid4().hex)  # the worker's task_prerun does this
             svc.handle_many(payloads)
 
         used = 0

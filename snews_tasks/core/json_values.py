@@ -70,6 +70,8 @@ class _JsonCopier:
         return str(key)
 
     def _text_size(self, text: str, path: tuple[str, ...]) -> int:
+        if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+            return len(text) + 2  # JSON writes it as it is, between quotes
         try:
             return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
         except UnicodeEncodeError:  # a pickle can carry lone surrogates; UTF-8 (and MongoDB) cannot

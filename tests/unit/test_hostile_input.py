@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from snews_tasks.testing.builders import observation, settings as unit_settings
 from snews_tasks.testing.payloads import coincidence_model
+from snews_tasks.core.json_values import plain_json
 from snews_tasks.core.messages import Message, MessageError
 from snews_tasks.core import processing
 from snews_tasks.core.processing import Processor
@@ -166,3 +167,21 @@ def test_a_decoder_bug_is_a_reject_everywhere_the_processor_parses(monkeypatch):
                           Replayer(PROCESSOR), out=io.StringIO(), err=err)
     assert (report.lines, report.rejected) == (2, 1)
     assert err.getvalue().startswith("line 1: rejected: ") and "a bug" in err.getvalue()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+              st.floats(allow_nan=False, allow_infinity=False),
+              st.text(st.characters(exclude_categories=["Cs"]))),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(st.characters(
+                                exclude_categories=["Cs"], exclude_characters="\x00")),
+                                inner, max_size=4)),
+    max_leaves=12))
+def test_the_size_limit_is_the_compact_json_size_exactly(value: object) -> None:
+    """The metering's shortcut for plain ASCII text must count what JSON writes."""
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    assert plain_json(value, size) == value
+    with pytest.raises(MessageError, match="over the limit"):
+        plain_json(value, size - 1)
