@@ -323,20 +323,13 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _gcn_credentials(self) -> Settings:
-        if (self.gcn_client_id is None) != (self.gcn_client_secret is None):
-            raise ValueError(
-                f"{env_name('gcn_client_id')} and {env_name('gcn_client_secret')}: "
-                "set both or neither"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _smtp_login(self) -> Settings:
-        if (self.smtp_user is None) != (self.smtp_password is None):
-            raise ValueError(
-                f"{env_name('smtp_user')} and {env_name('smtp_password')}: set both or neither"
-            )
+    def _credentials_in_pairs(self) -> Settings:
+        for first, second in (
+            ("gcn_client_id", "gcn_client_secret"),
+            ("smtp_user", "smtp_password"),
+        ):
+            if (getattr(self, first) is None) != (getattr(self, second) is None):
+                raise ValueError(f"{env_name(first)} and {env_name(second)}: set both or neither")
         return self
 
     localization: bool = Field(
