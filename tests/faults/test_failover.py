@@ -8,8 +8,11 @@ was published on the alert topic (the record's creation time): what a telescope 
 
 * Writer: the lease holder is frozen (SIGSTOP, as a paused VM or a long stall) for 0.6 s and
   then SIGKILLed, or SIGKILLed at once, ten times each. The standby must take over and every
-  pair be alerted within 2 s, exactly once as NEW; a frozen writer that wakes commits
-  nothing (its lease was taken over; the commit script fences it).
+  pair be alerted within 2 s, as one coincidence (one NEW alert id); a frozen writer that
+  wakes commits nothing (its lease was taken over; the commit script fences it). A writer
+  killed between the broker's acknowledgement of an alert and its record of the hand-on
+  leaves that alert to its successor, which publishes it again: identical, so consumers,
+  keying on (alert_id, revision), drop the repeat; the figures count such repeats.
 * Redis: the broker and the state live on a Sentinel group (a primary and a replica with
   AOF fsynced on every write, three sentinels). The primary is SIGKILLed mid-stream; the
   replica is promoted, and alerts resume within a few seconds of the promotion, with
@@ -43,7 +46,7 @@ from snews_tasks.entrypoints.process_groups import signal_group
 from snews_tasks.settings import KNOWN_DETECTORS
 from snews_tasks.testing.pipeline import (S, ClockedSlackApi, Pipeline, Worker,
                                           live_observation, pipelines, slack,  # noqa: F401
-                                          start_ingest)
+                                          start_ingest, unique_alerts)
 from snews_tasks.testing.sentinel import MASTER_NAME, SentinelGroup, start_sentinel_group
 
 pytestmark = pytest.mark.faults
@@ -183,13 +186,14 @@ def test_writer_frozen_or_killed_mid_burst_is_replaced_within_two_seconds(
 
     alerts = pipeline.alert_times()
     delays = pairs.delays(alerts)
-    news = [alert for _, alert in alerts if alert["alert_type"] == "NEW"]
+    unique = unique_alerts(alert for _, alert in alerts)  # repeats must be identical
+    news = [alert for alert in unique.values() if alert["alert_type"] == "NEW"]
     print(f"\nFIGURES writer failover: {FAULTS_OF_EACH_KIND} freezes ({FREEZE_S} s, then "
           f"SIGKILL) and {FAULTS_OF_EACH_KIND} kills of the lease holder, a pair every "
           f"{PAIR_EVERY_S} s: {summary(list(delays.values()))}; {supervisor.restarts} writer "
-          f"restarts")
+          f"restarts; {len(alerts) - len(unique)} alert(s) published again by a successor")
     assert len(delays) == len(pairs.sent_at), "a pair was never alerted"
-    assert len(news) == len({a["alert_id"] for a in news}) == len(pairs.sent_at)
+    assert len(news) == len(pairs.sent_at), "a pair made no coincidence, or two"
     assert max(delays.values()) <= MAX_DELAY_S, summary(list(delays.values()))
     assert supervisor.restarts >= 2 * FAULTS_OF_EACH_KIND
     logs = "".join(w.log() for w in pipeline.workers)
