@@ -175,8 +175,9 @@ class Message(BaseModel):
             return handler(data)
         if not isinstance(data, dict):
             raise MessageError("payload", f"must be a JSON object, got {type(data).__name__}")
-        data = plain_json(data)
-        assert isinstance(data, dict)
+        if not (info.context or {}).get("decoded"):  # decode_payload's output is a fresh copy
+            data = plain_json(data)
+            assert isinstance(data, dict)
         given_ns = data.pop("neutrino_time_ns", None) if info.context is None else None
         tier = _tier(data.get("tier"))
         values, clash = _split_fields(data, tier)
@@ -195,11 +196,12 @@ class Message(BaseModel):
         return message
 
 
-def parse_message(data: object, *, detectors: Collection[str]) -> Message:
-    """Validate a decoded payload (plain JSON types, see `payloads`) into a Message, naming
-    the first bad field."""
+def parse_message(data: object, *, detectors: Collection[str], decoded: bool = False) -> Message:
+    """Validate a payload's data into a Message, naming the first bad field. `decoded` says
+    the data are what `payloads.decode_payload` returned, already plain JSON types in a copy
+    of their own, so they are not copied again (the writer's hot path)."""
     try:
-        return Message.model_validate(data, context={"detectors": detectors})
+        return Message.model_validate(data, context={"detectors": detectors, "decoded": decoded})
     except ValidationError as error:
         raise _first_problem(error) from None
 

@@ -66,9 +66,9 @@ class Processor:
             return decode_payload(payload, max_bytes=self.settings.max_payload_bytes)
 
     def validate(self, data: dict[str, Any]) -> Message:
-        """A decoded payload checked against SPEC section 2."""
+        """A payload `decode` returned, checked against SPEC section 2."""
         with _internal_errors_rejected():
-            return parse_message(data, detectors=self.settings.detectors)
+            return parse_message(data, detectors=self.settings.detectors, decoded=True)
 
     def parse(self, payload: object) -> Message:
         """Decode and validate."""
