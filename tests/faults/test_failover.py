@@ -49,7 +49,7 @@ from snews_tasks.testing.pipeline import (S, ClockedSlackApi, Pipeline, Worker,
                                           start_ingest, unique_alerts)
 from snews_tasks.testing.sentinel import MASTER_NAME, SentinelGroup, start_sentinel_group
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.serial]  # its delays need a quiet machine
 
 PAIR_EVERY_S = 0.25
 FAULTS_OF_EACH_KIND = 10
