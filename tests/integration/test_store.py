@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 
@@ -11,6 +12,7 @@ import redis
 from snews_tasks.testing import builders as h
 from snews_tasks.core.engine import LIVE, brute_force_coincidences
 from snews_tasks.core.processing import Processor
+from snews_tasks.adapters.outbox import Outbox
 from snews_tasks.adapters.redis_keys import KEYS
 from snews_tasks.tasks.writer import CoincidenceService
 from snews_tasks.testing.services import writer_service
@@ -239,3 +241,26 @@ def test_deliveries_that_never_finish_are_sent_again_until_they_do(redis_url):
     assert sent == [] and svc.outbox.client.hlen(KEYS.outbox) == 0
     assert not svc.outbox.client.exists(KEYS.outbox_wait(key))
     assert not svc.outbox.client.exists(KEYS.outbox_retry)
+
+
+def test_a_batch_hand_on_records_each_entrys_own_tasks(redis_url):
+    """One hand-on of many entries: each waits for its own tasks (a repeated hand-on replaces
+    what it waited for), an entry with no task is done at once, and none is pending."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    outbox = Outbox(client)
+    entries = {f"observation:{i}": [f"task-{i}", "snews.storage.archive"] for i in range(300)}
+    entries["reject:none"] = []
+    for key in [*entries, "observation:left"]:
+        client.hset(KEYS.outbox, key, json.dumps(
+            {"kind": "observation", "document": {}, "staged_at": 0.0, "order": [0.0, 0]}))
+    client.sadd(KEYS.outbox_wait("observation:7"), "task-from-an-earlier-hand-on")
+
+    outbox.handing_on(entries)
+
+    for key, tasks in entries.items():
+        assert client.smembers(KEYS.outbox_wait(key)) == set(tasks), key
+    assert not client.hexists(KEYS.outbox, "reject:none")
+    assert set(client.zrange(KEYS.outbox_sent, 0, -1)) == set(entries) - {"reject:none"}
+    assert list(outbox.pending()) == ["observation:left"]
+    outbox.handing_on({})  # nothing to hand on sends nothing
+    assert list(outbox.pending()) == ["observation:left"]

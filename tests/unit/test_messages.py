@@ -493,6 +493,9 @@ WRITTEN_ORDER = [
 def test_every_valid_message_survives_to_dict_and_json(sent: tuple[dict, dict]) -> None:
     data, extra = sent
     message = parse_message(data, detectors=DETECTORS)
+    # The writer's path: decode_payload's copy, validated without a second copy.
+    assert parse_message(decode_payload(data, max_bytes=LIMIT), detectors=DETECTORS,
+                         decoded=True) == message
     as_dict = message.to_dict()
     defaults = {"is_test", "is_firedrill", "is_pre_sn"} | (
         {"retract_latest_n"} if message.tier is Tier.RETRACTION else set())
