@@ -194,7 +194,7 @@ def spy_on_path(count: int, seconds: int, work: Path, *, batched: bool) -> Spied
             targets["ingest"] = deployment.ingest.process.pid
         start_count, start = deployment.processed(), time.monotonic()
         spies = {name: subprocess.Popen(
-            [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
+            [py_spy(), "record",
              "--pid", str(pid), "--subprocesses", "--duration", str(seconds),
              "--rate", str(SPY_RATE_HZ), "--nonblocking", "--format", "raw",
              "--output", str(work / f"{name}.txt")],
@@ -254,6 +254,11 @@ def spy_table(what: str, spied: Counter[str]) -> str:
                           [[label, f"{100 * n / total:.1f}"] for label, n in spied.most_common()])
 
 
+def py_spy() -> str:
+    """The py-spy executable: on PATH, or beside this Python (it is not among the test extras)."""
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=6000,
@@ -267,6 +272,9 @@ def main() -> int:
                              "per feeding")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     args = parser.parse_args()
+    if not Path(py_spy()).exists():
+        parser.error("py-spy not found on PATH or beside this Python; "
+                     "install it with .venv/bin/pip install py-spy")
     head = header(command_line())
 
     modes, profile_text = in_process(args.messages)
