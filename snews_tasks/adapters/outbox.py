@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import cast
 
 import redis
@@ -62,24 +62,23 @@ class Outbox:
             )
         )
 
-    def handing_on(self, deliveries: Mapping[str, Iterable[str]]) -> None:
+    def handing_on(self, deliveries: Mapping[str, Collection[str]]) -> None:
         """Record, before the tasks are sent, which tasks each entry waits for: a task may start
         before the send returns, and its start must find its name to remove."""
         if not deliveries:
             return
-        now = time.time()
-        waiting = {key: list(tasks) for key, tasks in deliveries.items()}
+        handed = {key: tasks for key, tasks in deliveries.items() if tasks}
+        done = [key for key in deliveries if key not in handed]  # nothing to deliver
         # Three commands for the whole batch plus one per entry: under load the writer hands on
         # hundreds of entries per commit, and encoding three commands each was a large part
         # of its time (bench/profile_alert_path.py).
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(*(self.keys.outbox_wait(key) for key in waiting))
-            for key, tasks in waiting.items():
-                if tasks:
-                    pipe.sadd(self.keys.outbox_wait(key), *tasks)
-            if sent := {key: now for key, tasks in waiting.items() if tasks}:
-                pipe.zadd(self.keys.outbox_sent, sent)
-            if done := [key for key, tasks in waiting.items() if not tasks]:
+            pipe.delete(*(self.keys.outbox_wait(key) for key in deliveries))
+            for key, tasks in handed.items():
+                pipe.sadd(self.keys.outbox_wait(key), *tasks)
+            if handed:
+                pipe.zadd(self.keys.outbox_sent, dict.fromkeys(handed, time.time()))
+            if done:
                 pipe.hdel(self.keys.outbox, *done)
             pipe.execute()
 
